@@ -1,0 +1,1 @@
+"""The FastAPI control API: the only public surface of detrforge."""

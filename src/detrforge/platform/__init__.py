@@ -1,0 +1,1 @@
+"""Building blocks shared by the API and the jobs: settings, storage, data, tracking, cluster."""

@@ -1,0 +1,70 @@
+"""Typed settings, read only at entry points (``api.main``, ``cli``, job entrypoints).
+
+Every embedded default lives under ``DETRFORGE_HOME`` and swaps for a production part by
+configuration alone: ``DETRFORGE_DATABASE_URL`` (PostgreSQL), ``MLFLOW_TRACKING_URI`` (an MLflow
+server), ``DETRFORGE_ARTIFACT_ROOT`` (``s3://bucket/prefix`` with ``AWS_ENDPOINT_URL``) and
+``RAY_ADDRESS`` (a multi-node cluster).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """detrforge configuration; every field reads ``DETRFORGE_<NAME>`` unless noted."""
+
+    model_config = SettingsConfigDict(env_prefix="DETRFORGE_", extra="ignore")
+
+    home: Path = Field(default=Path(".detrforge"))
+    database_url: str | None = None
+    artifact_root: str | None = None
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "DETRFORGE_MLFLOW_TRACKING_URI"),
+    )
+    ray_address: str | None = Field(
+        default=None, validation_alias=AliasChoices("RAY_ADDRESS", "DETRFORGE_RAY_ADDRESS")
+    )
+    # Ports of the embedded Ray head; never 6379, which Redis often holds.
+    ray_gcs_port: int = 6390
+    ray_dashboard_port: int = 8275
+    ray_num_cpus: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 8321
+    api_url: str | None = None
+    api_key: str | None = None
+    reconcile_interval_s: float = 2.0
+    # A job whose workers cannot be placed within this time is failed, not left pending forever.
+    schedule_timeout_s: float = 600.0
+
+    def resolved_home(self) -> Path:
+        """``home`` as an absolute path, created if missing."""
+        home = self.home.expanduser().resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        return home
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_home() / 'registry.db'}"
+
+    def resolved_artifact_root(self) -> str:
+        if self.artifact_root:
+            return self.artifact_root.rstrip("/")
+        root = self.resolved_home() / "artifacts"
+        root.mkdir(parents=True, exist_ok=True)
+        return root.as_uri()
+
+    def resolved_tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.resolved_home() / 'mlflow.db'}"
+
+    def resolved_api_url(self) -> str:
+        return (self.api_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.resolved_home() / "admin.key"

@@ -1,0 +1,1 @@
+"""Persistence of jobs, API keys and (later) model versions. Never imports the jobs."""
