@@ -41,7 +41,7 @@ class DetrforgeError(Exception):
         return (_rebuild, (type(self), self.message, self.field, self.details))
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON error body: ``code``, ``message`` and, where known, ``field`` and ``details``."""
+        """The JSON error body: ``code``, ``message``, and ``field``/``details`` where known."""
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.field is not None:
             body["field"] = self.field

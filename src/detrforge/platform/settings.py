@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     def resolved_tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.resolved_home() / 'mlflow.db'}"
 
+    def resolved_ray_address(self) -> str:
+        """The Ray Jobs API (dashboard) URL: ``RAY_ADDRESS`` or the embedded head's."""
+        if self.ray_address:
+            address = self.ray_address
+            return address if "://" in address else f"http://{address}"
+        return f"http://127.0.0.1:{self.ray_dashboard_port}"
+
     def resolved_api_url(self) -> str:
         return (self.api_url or f"http://{self.host}:{self.port}").rstrip("/")
 

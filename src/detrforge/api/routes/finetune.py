@@ -1,0 +1,72 @@
+"""Fine-tune jobs: submit, list, show, logs, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query
+from fastapi.responses import PlainTextResponse, StreamingResponse
+
+from detrforge.api.deps import Operator, ServicesDep, Viewer
+from detrforge.api.schemas import JobPublic, JobsPublic
+from detrforge.platform.specs import FinetuneSpec
+from detrforge.registry.entities import JobState
+
+router = APIRouter(prefix="/api/v1/finetune-jobs", tags=["finetune"])
+
+_SPEC_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": FinetuneSpec.model_json_schema()}},
+    }
+}
+
+
+@router.post("", response_model=JobPublic, status_code=201, openapi_extra=_SPEC_BODY)
+def submit_finetune(
+    body: Annotated[Any, Body()], services: ServicesDep, key: Operator
+) -> JobPublic:
+    """Validate the spec and dataset, then submit a fine-tune job to Ray."""
+    return JobPublic.of(services.jobs.submit_finetune(body, principal=key))
+
+
+@router.get("", response_model=JobsPublic)
+def list_finetune_jobs(
+    services: ServicesDep,
+    _: Viewer,
+    state: JobState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobsPublic:
+    """Fine-tune jobs, newest first, optionally filtered by state."""
+    jobs, total = services.jobs.jobs.list(state=state, kind="finetune", limit=limit, offset=offset)
+    return JobsPublic(
+        items=[JobPublic.of(j) for j in jobs], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_finetune_job(job_id: str, services: ServicesDep, _: Viewer) -> JobPublic:
+    """One job: state, progress, latest metrics, MLflow run, checkpoints, error."""
+    return JobPublic.of(services.jobs.reconcile(job_id))
+
+
+@router.get("/{job_id}/logs", response_model=None)
+def finetune_job_logs(
+    job_id: str,
+    services: ServicesDep,
+    _: Viewer,
+    tail: Annotated[int | None, Query(ge=1)] = None,
+    follow: bool = False,
+) -> PlainTextResponse | StreamingResponse:
+    """The job's driver and worker logs; ``follow=true`` streams them until the job ends."""
+    if follow:
+        services.jobs.jobs.get(job_id)
+        return StreamingResponse(services.jobs.follow_logs(job_id), media_type="text/plain")
+    return PlainTextResponse(services.jobs.logs(job_id, tail=tail))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, status_code=202)
+def cancel_finetune_job(job_id: str, services: ServicesDep, _: Operator) -> JobPublic:
+    """Stop the job on Ray; it reaches CANCELLED once Ray confirms."""
+    return JobPublic.of(services.jobs.cancel(job_id))

@@ -1,0 +1,98 @@
+"""Request and response bodies of the control API (``XCreate`` / ``XPublic`` / ``XsPublic``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from detrforge.registry.entities import ApiKey, Job, Role
+
+__all__ = ["JobPublic", "JobsPublic", "KeyCreate", "KeyCreated", "KeyPublic", "KeysPublic"]
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: str
+    state: str
+    spec: dict[str, Any]
+    created_by: str
+    dataset_fingerprint: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    ray_submission_id: str | None
+    mlflow_run_id: str | None
+    error: str | None
+    progress: dict[str, Any]
+    metrics: dict[str, Any]
+    checkpoint_uri: str | None = Field(description="The latest resumable Ray Train checkpoint.")
+    model_uri: str | None = Field(description="The best-by-validation-AP weights (.pth).")
+    model_sha256: str | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobPublic:
+        return cls(
+            id=job.id,
+            kind=job.kind,
+            state=job.state.value,
+            spec=job.spec,
+            created_by=job.created_by,
+            dataset_fingerprint=job.dataset_fingerprint,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            ray_submission_id=job.ray_submission_id,
+            mlflow_run_id=job.mlflow_run_id,
+            error=job.error,
+            progress=job.progress,
+            metrics=job.metrics,
+            checkpoint_uri=job.checkpoint_uri,
+            model_uri=job.model_uri,
+            model_sha256=job.checkpoint_sha256,
+        )
+
+
+class JobsPublic(BaseModel):
+    items: list[JobPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class KeyCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    role: Role = Role.viewer
+
+
+class KeyPublic(BaseModel):
+    id: str
+    name: str
+    role: Role
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyPublic:
+        return cls(
+            id=key.id,
+            name=key.name,
+            role=key.role,
+            prefix=key.prefix,
+            created_at=key.created_at,
+            last_used_at=key.last_used_at,
+            revoked_at=key.revoked_at,
+        )
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="The secret; shown once, store it now.")
+
+
+class KeysPublic(BaseModel):
+    items: list[KeyPublic]

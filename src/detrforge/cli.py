@@ -1,0 +1,423 @@
+"""The ``detrforge`` command line: serve the API, make and check datasets, drive fine-tunes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from detrforge.platform.errors import DetrforgeError
+from detrforge.platform.settings import Settings
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="detrforge: fine-tune, gate and ship RF-DETR detectors.", no_args_is_help=True
+)
+data_app = typer.Typer(help="Make and check COCO datasets.", no_args_is_help=True)
+finetune_app = typer.Typer(
+    help="Submit and follow fine-tune jobs (over the API).", no_args_is_help=True
+)
+keys_app = typer.Typer(help="API keys (direct database access, for admins on the server).")
+cluster_app = typer.Typer(help="The embedded local Ray head.", no_args_is_help=True)
+eval_app = typer.Typer(help="COCO evaluation.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(finetune_app, name="finetune")
+app.add_typer(keys_app, name="keys")
+app.add_typer(cluster_app, name="cluster")
+app.add_typer(eval_app, name="eval")
+
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+# -- serve + cluster ---------------------------------------------------------------------------
+def _head_pid_file(settings: Settings) -> Path:
+    return settings.resolved_home() / "ray" / "head.pid"
+
+
+def _ensure_local_head(settings: Settings) -> None:
+    from detrforge.platform.cluster import LocalRayHead, wait_for_port
+
+    if wait_for_port("127.0.0.1", settings.ray_dashboard_port, 0.5):
+        typer.echo(f"Ray: reusing the local head at 127.0.0.1:{settings.ray_gcs_port}")
+        return
+    temp_dir = Path("/tmp") / f"detrforge-ray-{settings.ray_gcs_port}"
+    typer.echo(f"Ray: starting a local head on 127.0.0.1:{settings.ray_gcs_port} (~15 s)...")
+    head = LocalRayHead(
+        temp_dir=temp_dir,
+        gcs_port=settings.ray_gcs_port,
+        dashboard_port=settings.ray_dashboard_port,
+        num_cpus=settings.ray_num_cpus,
+    ).start()
+    assert head.process is not None
+    pid_file = _head_pid_file(settings)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(str(head.process.pid))
+    typer.echo(f"Ray: head up (pid {head.process.pid}); `detrforge cluster down` stops it")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8321).")] = None,
+) -> None:
+    """Run the control API (and, without RAY_ADDRESS, a local Ray head on loopback)."""
+    import uvicorn
+
+    from detrforge.api.main import build_services, create_app
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    settings = Settings()
+    if host:
+        settings.host = host
+    if port:
+        settings.port = port
+    if not settings.ray_address:
+        _ensure_local_head(settings)
+    services = build_services(settings)
+    secret = services.keys.ensure_admin_key(settings.admin_key_path)
+    if secret:
+        typer.echo(f"Created the admin API key in {settings.admin_key_path} (mode 0600)")
+    typer.echo(f"detrforge API on http://{settings.host}:{settings.port} (docs at /docs)")
+    uvicorn.run(create_app(settings, services=services), host=settings.host, port=settings.port)
+
+
+@cluster_app.command("down")
+def cluster_down() -> None:
+    """Stop the local Ray head that `detrforge serve` started."""
+    settings = Settings()
+    pid_file = _head_pid_file(settings)
+    if not pid_file.exists():
+        _fail("no local Ray head recorded in DETRFORGE_HOME")
+    pid = int(pid_file.read_text())
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    pid_file.unlink()
+    typer.echo(f"stopped the local Ray head (pid {pid})")
+
+
+# -- keys ---------------------------------------------------------------------------------------
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="viewer, operator, approver or admin")] = "viewer",
+    name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
+) -> None:
+    """Create an API key and print it once."""
+    from detrforge.platform.db import make_engine, make_session_factory, upgrade_database
+    from detrforge.registry.entities import Role
+    from detrforge.registry.keys import KeyStore
+
+    try:
+        role_value = Role(role)
+    except ValueError:
+        _fail(f"--role must be one of {[r.value for r in Role]}, got {role!r}", 2)
+    settings = Settings()
+    url = settings.resolved_database_url()
+    upgrade_database(url)
+    store = KeyStore(make_session_factory(make_engine(url)))
+    key, secret = store.create(name=name or f"{role}-{int(time.time())}", role=role_value)
+    typer.echo(f"id: {key.id}\nrole: {key.role.value}\nkey: {secret}\n(shown once; store it now)")
+
+
+# -- data ---------------------------------------------------------------------------------------
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Folder to write (must be empty or absent).")],
+    seed: int = 0,
+    classes: Annotated[int, typer.Option(help="Number of shape classes.")] = 1,
+    train: Annotated[int, typer.Option(help="Training images.")] = 64,
+    valid: Annotated[int, typer.Option(help="Validation images.")] = 16,
+    test: Annotated[int, typer.Option(help="Test images.")] = 0,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
+    max_objects: int = 3,
+) -> None:
+    """Write a deterministic synthetic COCO dataset (coloured shapes)."""
+    from detrforge.platform.data import synth_dataset
+
+    try:
+        info = synth_dataset(
+            out,
+            seed=seed,
+            num_classes=classes,
+            train_images=train,
+            valid_images=valid,
+            test_images=test,
+            image_size=size,
+            max_objects=max_objects,
+        )
+    except DetrforgeError as exc:
+        _fail(exc.message, 2)
+    typer.echo(f"wrote {out}: {info.num_images} images, classes {list(info.class_names)}")
+    typer.echo(f"fingerprint {info.fingerprint}")
+
+
+@data_app.command("validate")
+def data_validate(
+    path: Path, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+) -> None:
+    """Check a dataset in rfdetr's COCO layout; lists every problem with file and field."""
+    from detrforge.platform.data import require_valid_dataset, validate_dataset
+
+    problems = validate_dataset(path)
+    if problems:
+        if as_json:
+            typer.echo(json.dumps({"valid": False, "problems": problems}, indent=2))
+        else:
+            for p in problems:
+                typer.echo(f"{p['file']}: {p['field']}: {p['message']}")
+            typer.secho(f"{len(problems)} problem(s)", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    info = require_valid_dataset(path)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "valid": True,
+                    "fingerprint": info.fingerprint,
+                    "classes": info.class_names,
+                    "images": info.num_images,
+                },
+                indent=2,
+            )
+        )
+    else:
+        typer.echo(f"valid: {info.num_images} images, classes {list(info.class_names)}")
+        typer.echo(f"fingerprint {info.fingerprint}")
+
+
+# -- eval ---------------------------------------------------------------------------------------
+@eval_app.command("detections")
+def eval_detections(
+    annotations: Annotated[Path, typer.Option(help="COCO ground truth JSON.")],
+    detections: Annotated[Path, typer.Option(help="COCO results JSON (a list).")],
+    backend: Annotated[str, typer.Option(help="pycocotools or faster.")] = "pycocotools",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """COCOeval bbox stats of an external detections file, under detrforge's metric names."""
+    from detrforge.platform.evaluation import evaluate_detections_files, format_stats_table
+
+    try:
+        result = evaluate_detections_files(annotations, detections, backend=backend)
+    except DetrforgeError as exc:
+        _fail(f"{exc.field or 'input'}: {exc.message}", 2)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_stats_table(result))
+
+
+# -- finetune (HTTP client) --------------------------------------------------------------------
+class ApiClient:
+    """A small client of the control API for the CLI and the demo."""
+
+    def __init__(self, settings: Settings) -> None:
+        import httpx
+
+        key = settings.api_key
+        if not key and settings.admin_key_path.exists():
+            key = settings.admin_key_path.read_text().strip()
+        if not key:
+            _fail(
+                "no API key: set DETRFORGE_API_KEY (or run `detrforge serve` once to create "
+                f"{settings.admin_key_path})",
+                2,
+            )
+        self.http = httpx.Client(
+            base_url=settings.resolved_api_url(),
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=httpx.Timeout(120.0, connect=5.0),
+        )
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            _fail(
+                f"cannot reach the detrforge API at {self.http.base_url}: {exc}. "
+                "Is `detrforge serve` running?",
+                3,
+            )
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                field = f" [{body['field']}]" if body.get("field") else ""
+                detail = f"{body.get('code')}{field}: {body.get('message')}"
+                for d in body.get("details", [])[1:10]:
+                    detail += (
+                        f"\n  - {d.get('file', '') + ': ' if d.get('file') else ''}"
+                        f"{d.get('field')}: {d.get('message')}"
+                    )
+            except ValueError:
+                detail = response.text
+            _fail(f"HTTP {response.status_code} {detail}", 2)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+
+def _absolute(uri: str) -> str:
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+
+
+def _progress_line(job: dict[str, Any]) -> str:
+    p, m, spec = job.get("progress") or {}, job.get("metrics") or {}, job.get("spec") or {}
+    parts = [job["state"]]
+    if "epoch" in p:
+        parts.append(f"epoch {int(p['epoch']) + 1}/{spec.get('epochs', '?')}")
+    if "step" in p:
+        parts.append(f"step {int(p['step'])}/{int(p.get('total_steps', 0))}")
+    if "loss" in p:
+        parts.append(f"loss {p['loss']:.3f}")
+    if "bbox/AP" in m:
+        parts.append(f"val AP {m['bbox/AP']:.4f}")
+    if p.get("eta_s") is not None and job["state"] == "RUNNING":
+        parts.append(f"ETA {p['eta_s']:.0f}s")
+    return " | ".join(parts)
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    typer.echo(f"job {job['id']}: {job['state']}")
+    typer.echo(f"  mlflow run:  {job.get('mlflow_run_id')}")
+    typer.echo(f"  checkpoint:  {job.get('checkpoint_uri')}")
+    typer.echo(f"  model:       {job.get('model_uri')}")
+    typer.echo(f"  sha256:      {job.get('model_sha256')}")
+    ap = (job.get("metrics") or {}).get("bbox/AP")
+    typer.echo(f"  val bbox/AP: {ap if ap is not None else 'n/a'}")
+    if job.get("error"):
+        typer.echo(f"  error:       {job['error']}")
+
+
+def wait_for_job(client: ApiClient, job_id: str, *, poll_s: float = 2.0) -> dict[str, Any]:
+    """Poll the job, printing a progress line on change, until it ends."""
+    last = ""
+    while True:
+        job = client.call("GET", f"/api/v1/finetune-jobs/{job_id}")
+        line = _progress_line(job)
+        if line != last:
+            typer.echo(f"[{time.strftime('%H:%M:%S')}] {line}")
+            last = line
+        if job["state"] in TERMINAL:
+            return dict(job)
+        time.sleep(poll_s)
+
+
+@finetune_app.command("submit")
+def finetune_submit(
+    dataset: Annotated[str | None, typer.Option(help="Dataset folder or s3:// prefix.")] = None,
+    spec_file: Annotated[Path | None, typer.Option(help="A JSON FinetuneSpec.")] = None,
+    model_size: Annotated[str | None, typer.Option(help="nano, small, medium, large")] = None,
+    resolution: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    num_workers: int | None = None,
+    num_queries: int | None = None,
+    group_detr: int | None = None,
+    max_failures: int | None = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="field=value (JSON value).")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Follow progress until the job ends.")] = False,
+) -> None:
+    """Submit a fine-tune job."""
+    spec: dict[str, Any] = json.loads(spec_file.read_text()) if spec_file else {}
+    options = {
+        "dataset": dataset,
+        "model_size": model_size,
+        "resolution": resolution,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "num_workers": num_workers,
+        "num_queries": num_queries,
+        "group_detr": group_detr,
+        "max_failures": max_failures,
+    }
+    spec.update({k: v for k, v in options.items() if v is not None})
+    for item in set_ or []:
+        field, _, raw = item.partition("=")
+        try:
+            spec[field] = json.loads(raw)
+        except json.JSONDecodeError:
+            spec[field] = raw
+    if "dataset" in spec:
+        spec["dataset"] = _absolute(str(spec["dataset"]))
+    if spec.get("pretrain_weights"):
+        spec["pretrain_weights"] = _absolute(str(spec["pretrain_weights"]))
+    client = ApiClient(Settings())
+    job = client.call("POST", "/api/v1/finetune-jobs", json=spec)
+    typer.echo(f"submitted {job['id']} (dataset fingerprint {job['dataset_fingerprint'][:12]}...)")
+    if wait:
+        job = wait_for_job(client, job["id"])
+        _print_job(job)
+        if job["state"] != "SUCCEEDED":
+            raise typer.Exit(1)
+
+
+@finetune_app.command("list")
+def finetune_list(state: str | None = None, limit: int = 20, offset: int = 0) -> None:
+    """List fine-tune jobs, newest first."""
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
+    if state:
+        params["state"] = state.upper()
+    page = ApiClient(Settings()).call("GET", "/api/v1/finetune-jobs", params=params)
+    for job in page["items"]:
+        typer.echo(
+            f"{job['id']}  {job['state']:<10} {job['created_at'][:19]}  {_progress_line(job)}"
+        )
+    typer.echo(f"({len(page['items'])} of {page['total']})")
+
+
+@finetune_app.command("show")
+def finetune_show(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show one job."""
+    job = ApiClient(Settings()).call("GET", f"/api/v1/finetune-jobs/{job_id}")
+    if as_json:
+        typer.echo(json.dumps(job, indent=2))
+    else:
+        _print_job(job)
+        typer.echo(f"  progress:    {_progress_line(job)}")
+
+
+@finetune_app.command("logs")
+def finetune_logs(
+    job_id: str,
+    tail: int | None = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+) -> None:
+    """Print (or follow) a job's logs."""
+    client = ApiClient(Settings())
+    if not follow:
+        params = {"tail": tail} if tail else {}
+        typer.echo(client.call("GET", f"/api/v1/finetune-jobs/{job_id}/logs", params=params))
+        return
+    with client.http.stream(
+        "GET", f"/api/v1/finetune-jobs/{job_id}/logs", params={"follow": "true"}, timeout=None
+    ) as response:
+        for chunk in response.iter_text():
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+
+@finetune_app.command("cancel")
+def finetune_cancel(job_id: str) -> None:
+    """Cancel a job (Ray stops it; CANCELLED within seconds)."""
+    job = ApiClient(Settings()).call("POST", f"/api/v1/finetune-jobs/{job_id}/cancel")
+    typer.echo(f"{job['id']}: {job['state']}")
+
+
+if __name__ == "__main__":
+    app()

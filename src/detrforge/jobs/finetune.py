@@ -1,0 +1,266 @@
+"""The fine-tune job: rfdetr's Lightning module under Ray Train's ``TorchTrainer`` with DDP.
+
+Submitted by the launcher as ``python -m detrforge.jobs.finetune --job-id ID --spec JSON``. The
+driver creates the job's MLflow run and a ``TorchTrainer``; every worker runs
+``train_loop_per_worker``: rfdetr's own model, loss, matcher and augmentations, gloo on CPU and
+NCCL on GPU. Rank 0 logs metrics to MLflow, checkpoints go to the artifact store through
+``ray.train.report`` and a restarted worker group resumes from the latest one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from detrforge.platform.errors import DetrforgeError, ResourceUnavailableError
+from detrforge.platform.settings import Settings
+from detrforge.platform.specs import FinetuneSpec
+from detrforge.platform.tracking import Tracker
+
+__all__ = ["build_trainer", "check_schedulable", "main", "train_loop_per_worker"]
+
+CHECKPOINT_FILE = "checkpoint.ckpt"
+BEST_MODEL_FILE = "checkpoint_best_total.pth"
+
+
+def _local_path(uri: str, cache: Path) -> Path:
+    from detrforge.platform.storage import fetch_local
+
+    return fetch_local(uri, cache)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: rfdetr's Lightning pieces, fit, resume from Ray's checkpoint."""
+    import ray.train
+    import torch
+    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
+    from rfdetr.training import build_trainer as build_pl_trainer
+
+    from detrforge.jobs.callbacks import DetrforgeCallback, drop_periodic_checkpoints
+    from detrforge.platform.model import build_training_parts
+    from detrforge.platform.storage import open_store
+
+    spec = FinetuneSpec.model_validate(config["spec"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.set_num_threads(spec.threads_per_worker)
+
+    workdir = Path(config["workdir"])
+    cache = workdir / "cache"
+    dataset_dir = _local_path(spec.dataset, cache)
+    weights = _local_path(spec.pretrain_weights, cache) if spec.pretrain_weights else None
+    # A stable per-rank folder: a restarted worker on the same node finds rfdetr's best-model file.
+    output_dir = workdir / f"rank{rank}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    accelerator = "gpu" if spec.use_gpu else "cpu"
+    parts = build_training_parts(
+        spec,
+        dataset_dir=dataset_dir,
+        output_dir=output_dir,
+        weights=weights,
+        accelerator=accelerator,
+    )
+    tracker = (
+        Tracker(config["tracking_uri"], artifact_root=config["artifact_root"])
+        if rank == 0
+        else None
+    )
+    callback = DetrforgeCallback(
+        spec=spec,
+        run_id=config["run_id"],
+        tracker=tracker,
+        world_size=context.get_world_size(),
+        checkpoint_dir=workdir / "ray-checkpoints" / f"rank{rank}",
+    )
+    trainer = build_pl_trainer(
+        parts.train_config,
+        parts.detector.model_config,
+        accelerator=accelerator,
+        devices="auto",
+        strategy=RayDDPStrategy(find_unused_parameters=True),
+        plugins=[RayLightningEnvironment()],
+        enable_model_summary=False,
+    )
+    drop_periodic_checkpoints(trainer)
+    trainer.callbacks.append(callback)
+    trainer = prepare_trainer(trainer)
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        trainer.fit(parts.module, datamodule=parts.datamodule)
+    else:
+        with checkpoint.as_directory() as ckpt_dir:
+            trainer.fit(
+                parts.module,
+                datamodule=parts.datamodule,
+                ckpt_path=str(Path(ckpt_dir, CHECKPOINT_FILE)),
+            )
+
+    if rank == 0 and tracker is not None:
+        _publish_best_model(
+            tracker,
+            run_id=config["run_id"],
+            job_id=config["job_id"],
+            store=open_store(config["artifact_root"]),
+            best=output_dir / BEST_MODEL_FILE,
+        )
+
+
+def _publish_best_model(
+    tracker: Tracker, *, run_id: str, job_id: str, store: Any, best: Path
+) -> None:
+    """Upload the best-by-validation-AP weights with their sha256, and log them to the run."""
+    if not best.exists():
+        tracker.set_tags(
+            run_id, {"detrforge.model_missing": "no validation epoch produced a best model"}
+        )
+        return
+    stored = store.put_file(best, f"jobs/{job_id}/model/{BEST_MODEL_FILE}")
+    tracker.log_artifact(run_id, best, "model")
+    tracker.set_tags(
+        run_id,
+        {
+            "detrforge.model_uri": stored.uri,
+            "detrforge.model_sha256": stored.sha256,
+            "detrforge.model_size_bytes": str(stored.size),
+        },
+    )
+
+
+def check_schedulable(spec: FinetuneSpec) -> None:
+    """Fail fast when no node could ever host one worker (Ray would wait forever)."""
+    import ray
+
+    wanted = dict(spec.resources_per_worker)
+    if spec.use_gpu:
+        wanted.setdefault("GPU", 1.0)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    fits = [
+        n for n in nodes if all(n.get("Resources", {}).get(k, 0.0) >= v for k, v in wanted.items())
+    ]
+    if not fits:
+        offered = sorted(
+            {k for n in nodes for k in n.get("Resources", {}) if not k.startswith("node:")}
+        )
+        raise ResourceUnavailableError(
+            f"no node in the cluster offers {wanted} for one worker; the cluster has {offered}. "
+            "Lower resources_per_worker, set use_gpu=false, or add a node with that hardware.",
+            field="resources_per_worker",
+        )
+
+
+def _ray_storage_path(artifact_root: str) -> str:
+    if artifact_root.startswith("file://"):
+        return str(Path(artifact_root.removeprefix("file://")) / "ray")
+    return f"{artifact_root}/ray"
+
+
+def build_trainer(
+    spec: FinetuneSpec,
+    *,
+    job_id: str,
+    run_id: str,
+    tracking_uri: str,
+    artifact_root: str,
+    workdir: Path,
+) -> Any:
+    """The ``TorchTrainer`` for ``spec``: ``num_workers`` DDP workers, resumable checkpoints."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources = dict(spec.resources_per_worker)
+    if spec.use_gpu:
+        resources.setdefault("GPU", 1.0)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "spec": spec.model_dump(mode="json"),
+            "job_id": job_id,
+            "run_id": run_id,
+            "tracking_uri": tracking_uri,
+            "artifact_root": artifact_root,
+            "workdir": str(workdir),
+        },
+        torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=spec.num_workers, use_gpu=spec.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            # A unique name per job: reusing one would resume that old run.
+            name=job_id,
+            storage_path=_ray_storage_path(artifact_root),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.num_checkpoints_to_keep),
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Job driver entrypoint; exit code 0 on success, 1 on failure (reason in the MLflow run)."""
+    parser = argparse.ArgumentParser(prog="detrforge.jobs.finetune")
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--spec", required=True, help="FinetuneSpec as JSON")
+    parser.add_argument("--dataset-fingerprint", default="")
+    args = parser.parse_args(argv)
+
+    import ray
+
+    settings = Settings()
+    spec = FinetuneSpec.model_validate(json.loads(args.spec))
+    artifact_root = settings.resolved_artifact_root()
+    tracking_uri = settings.resolved_tracking_uri()
+    tracker = Tracker(tracking_uri, artifact_root=artifact_root)
+    run_id = tracker.start_job_run(
+        args.job_id,
+        run_name=f"finetune-{args.job_id}",
+        params=spec.model_dump(mode="json"),
+        tags={
+            "detrforge.kind": "finetune",
+            "detrforge.dataset_fingerprint": args.dataset_fingerprint,
+            "detrforge.ray_job_id": os.environ.get("RAY_JOB_SUBMISSION_ID", ""),
+        },
+    )
+    print(f"detrforge: job {args.job_id} MLflow run {run_id}", flush=True)
+    workdir = Path(tempfile.gettempdir()) / "detrforge-jobs" / args.job_id
+    started = time.monotonic()
+    try:
+        ray.init(log_to_driver=True)
+        check_schedulable(spec)
+        trainer = build_trainer(
+            spec,
+            job_id=args.job_id,
+            run_id=run_id,
+            tracking_uri=tracking_uri,
+            artifact_root=artifact_root,
+            workdir=workdir,
+        )
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+    except BaseException as exc:  # noqa: BLE001 - a failed job records why, whatever it was
+        message = exc.message if isinstance(exc, DetrforgeError) else f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        tracker.set_tags(run_id, {"detrforge.error": message[:5000]})
+        tracker.end_run(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        print(f"detrforge: job {args.job_id} FAILED: {message}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        # Local scratch only; checkpoints and the model already live in the artifact store.
+        shutil.rmtree(workdir, ignore_errors=True)
+    tracker.set_tags(run_id, {"detrforge.wall_s": f"{time.monotonic() - started:.1f}"})
+    tracker.end_run(run_id, "FINISHED")
+    print(f"detrforge: job {args.job_id} SUCCEEDED", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Database engine, sessions, the declarative base and schema migrations.
+
+SQLite (embedded default) and PostgreSQL (production) are both first-class: the same models and
+the same hand-written Alembic migrations run on either. The migrations ship inside the package
+(``detrforge/registry/migrations``), so ``upgrade_database`` needs no ``alembic.ini`` and works
+from an installed wheel and from any working directory.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import URL, DateTime, Engine, MetaData, create_engine, event, make_url
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "Base",
+    "UtcDateTime",
+    "alembic_config",
+    "make_engine",
+    "make_session_factory",
+    "normalize_url",
+    "upgrade_database",
+    "utcnow",
+]
+
+# A path, not an import: the platform layer must not depend on the registry package.
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "registry" / "migrations"
+
+# How long a SQLite connection waits for another writer's lock before failing with "database is
+# locked". The API's request threads and its reconciler write concurrently.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+# Named constraints keep migrations reproducible and let SQLite batch migrations (which rebuild
+# tables) find constraints by name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every ``Sql*`` ORM class."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def utcnow() -> datetime:
+    """The current time as a timezone-aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python.
+
+    SQLite has no time zone type and hands back naive datetimes; PostgreSQL's ``timestamptz``
+    hands them back in the session's time zone. Both come out as aware UTC here. Naive values are
+    refused on the way in, because their time zone is a guess.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware datetime")
+        # SQLite stores the wall-clock digits and drops the offset, so convert first.
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a database URL, pointing plain PostgreSQL URLs at the psycopg 3 driver."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _configure_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets readers proceed while one writer commits; the API reads while jobs are updated.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for a SQLite or PostgreSQL URL (``postgresql://`` uses psycopg 3).
+
+    SQLite connections get WAL journaling, enforced foreign keys and a busy timeout, and may be
+    shared across threads (the pool hands each connection to one thread at a time).
+    """
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(parsed, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _configure_sqlite)
+        return engine
+    # pre_ping drops connections a restarted or failed-over server has closed.
+    return create_engine(parsed, pool_pre_ping=True)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A session factory bound to ``engine``; loaded objects stay readable after commit."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic configuration for the packaged migrations, built in code (no ini file)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # The ini layer interpolates '%', which URL-encoded passwords contain.
+    config.set_main_option(
+        "sqlalchemy.url", normalize_url(url).render_as_string(False).replace("%", "%%")
+    )
+    config.attributes["url"] = url
+    return config
+
+
+def upgrade_database(url: str) -> None:
+    """Create or upgrade the schema at ``url`` to the newest migration; a no-op when current."""
+    command.upgrade(alembic_config(url), "head")

@@ -1,0 +1,555 @@
+"""COCO bbox evaluation: pycocotools as the reference, faster-coco-eval as a proven-equal fast path.
+
+Inputs are validated and copied before either library sees them: both mutate the annotation dicts
+they are given (``ignore``, ``area``, ``id``), and both silently ignore detections whose image or
+category is not in the ground truth, which is how a label-id mix-up turns into AP ~0 unnoticed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from numbers import Integral, Real
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detrforge.platform.errors import DatasetProblem, InvalidDatasetError, InvalidSpecError
+
+__all__ = [
+    "BACKENDS",
+    "STAT_NAMES",
+    "ClassAP",
+    "EvalResult",
+    "evaluate_coco",
+    "evaluate_detections_files",
+    "format_stats_table",
+    "predictions_to_coco",
+]
+
+# COCOeval.stats[0..11] for iouType="bbox", in that order.
+STAT_NAMES: tuple[str, ...] = (
+    "bbox/AP",
+    "bbox/AP50",
+    "bbox/AP75",
+    "bbox/APs",
+    "bbox/APm",
+    "bbox/APl",
+    "bbox/AR1",
+    "bbox/AR10",
+    "bbox/AR100",
+    "bbox/ARs",
+    "bbox/ARm",
+    "bbox/ARl",
+)
+BACKENDS: tuple[str, ...] = ("pycocotools", "faster")
+
+# A numpy array, a torch tensor (any device/dtype) or a nested sequence of numbers.
+ArrayInput = Any
+PathInput = str | os.PathLike[str]
+
+_MAX_PROBLEMS = 20  # problems listed in an error's details; the message gives the total
+
+
+@dataclass(frozen=True)
+class ClassAP:
+    """One category's AP (IoU 0.50:0.95) and AP50, area=all, maxDets=100; NaN when it has no GT."""
+
+    category_id: int
+    name: str
+    ap: float
+    ap50: float
+    num_gt: int
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The 12 COCO bbox stats under ``STAT_NAMES`` (NaN where COCOeval reports -1) and per class."""
+
+    stats: dict[str, float]
+    per_class: tuple[ClassAP, ...]
+    num_images: int
+    num_detections: int
+    backend: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict: NaN (undefined, e.g. no small objects) becomes ``None``."""
+        return {
+            "stats": {name: _json_float(value) for name, value in self.stats.items()},
+            "per_class": [
+                {
+                    "category_id": c.category_id,
+                    "name": c.name,
+                    "ap": _json_float(c.ap),
+                    "ap50": _json_float(c.ap50),
+                    "num_gt": c.num_gt,
+                }
+                for c in self.per_class
+            ],
+            "num_images": self.num_images,
+            "num_detections": self.num_detections,
+            "backend": self.backend,
+        }
+
+
+def _json_float(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _load_json(path: PathInput, field: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise InvalidSpecError(
+            f"{field} file {os.fspath(path)!r} does not exist; check the path", field=field
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidSpecError(
+            f"{field} file {os.fspath(path)!r} is not readable JSON ({e}); pass a COCO "
+            f"{'results' if field == 'detections' else 'annotations'} JSON file",
+            field=field,
+        ) from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_xywh(value: Any) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 4
+        and all(_is_number(v) for v in value)
+        and value[2] >= 0
+        and value[3] >= 0
+    )
+
+
+def _prepare_gt(gt: Any, source: str) -> dict[str, Any]:
+    """Validate a COCO ground-truth dict and return a copy the COCO libraries may mutate."""
+    if not isinstance(gt, Mapping):
+        raise InvalidDatasetError(
+            f"annotations from {source} must be a COCO object with 'images', 'annotations' and "
+            f"'categories', got {type(gt).__name__}",
+            field="annotations",
+        )
+    problems: list[DatasetProblem] = []
+
+    def problem(field: str, message: str) -> None:
+        problems.append(DatasetProblem(file=source, field=field, message=message))
+
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(gt.get(key), list):
+            problem(key, f"'{key}' must be a list")
+    if problems:
+        _raise_dataset(problems, source)
+
+    images: list[dict[str, Any]] = []
+    for i, img in enumerate(gt["images"]):
+        if not isinstance(img, Mapping) or not _is_int(img.get("id")):
+            problem(f"images[{i}].id", "each image needs an integer 'id'")
+        else:
+            images.append({**img, "id": int(img["id"])})
+    categories: list[dict[str, Any]] = []
+    for i, cat in enumerate(gt["categories"]):
+        if not isinstance(cat, Mapping) or not _is_int(cat.get("id")):
+            problem(f"categories[{i}].id", "each category needs an integer 'id'")
+        else:
+            categories.append({**cat, "id": int(cat["id"])})
+    image_ids = {img["id"] for img in images}
+    cat_ids = {cat["id"] for cat in categories}
+
+    annotations: list[dict[str, Any]] = []
+    for i, ann in enumerate(gt["annotations"]):
+        where = f"annotations[{i}]"
+        if not isinstance(ann, Mapping):
+            problem(where, "each annotation must be an object")
+            continue
+        if ann.get("image_id") not in image_ids:
+            problem(f"{where}.image_id", f"image_id {ann.get('image_id')!r} is not in 'images'")
+            continue
+        if ann.get("category_id") not in cat_ids:
+            problem(
+                f"{where}.category_id",
+                f"category_id {ann.get('category_id')!r} is not in 'categories'",
+            )
+            continue
+        if not _is_xywh(ann.get("bbox")):
+            problem(f"{where}.bbox", "bbox must be [x, y, width, height] with width, height >= 0")
+            continue
+        bbox = [float(v) for v in ann["bbox"]]
+        area = ann.get("area")
+        # Annotation ids are renumbered 1..N: pycocotools stores the matched GT id in its match
+        # matrix and treats 0 as "unmatched", so a GT with id 0 (common in Roboflow exports) would
+        # turn its true positives into false positives; duplicate ids would collide in its index.
+        annotations.append(
+            {
+                **ann,
+                "id": len(annotations) + 1,
+                "image_id": int(ann["image_id"]),
+                "category_id": int(ann["category_id"]),
+                "bbox": bbox,
+                "area": float(area) if area is not None and _is_number(area) else bbox[2] * bbox[3],
+                "iscrowd": 1 if ann.get("iscrowd") else 0,
+            }
+        )
+    if problems:
+        _raise_dataset(problems, source)
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _raise_dataset(problems: list[DatasetProblem], source: str) -> None:
+    first = problems[0]
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    raise InvalidDatasetError(
+        f"annotations from {source} are not valid COCO: {first['field']}: {first['message']}{more}",
+        field="annotations",
+        details=list(problems[:_MAX_PROBLEMS]),
+    )
+
+
+def _prepare_detections(
+    detections: Any, image_ids: set[int], cat_ids: set[int]
+) -> list[dict[str, Any]]:
+    """Validate COCO result dicts and return normalized copies (the libraries mutate them)."""
+    if not isinstance(detections, (list, tuple)):
+        hint = (
+            " (this looks like a ground-truth file, not detections)"
+            if isinstance(detections, Mapping) and "annotations" in detections
+            else ""
+        )
+        raise InvalidSpecError(
+            "detections must be a list of {image_id, category_id, bbox, score} objects (the COCO "
+            f"results format), got {type(detections).__name__}{hint}",
+            field="detections",
+        )
+    problems: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
+    for i, det in enumerate(detections):
+        where = f"detections[{i}]"
+        if not isinstance(det, Mapping):
+            problems.append({"field": where, "message": "must be an object"})
+            continue
+        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in det]
+        if missing:
+            problems.append({"field": where, "message": f"missing {', '.join(missing)}"})
+            continue
+        image_id, category_id = det["image_id"], det["category_id"]
+        if not _is_int(image_id) or int(image_id) not in image_ids:
+            problems.append(
+                {
+                    "field": f"{where}.image_id",
+                    "message": f"image_id {image_id!r} is not an image of the ground truth; use "
+                    "the ids of the annotations file's 'images' list (the file the predictions "
+                    "were made for)",
+                }
+            )
+            continue
+        if not _is_int(category_id) or int(category_id) not in cat_ids:
+            problems.append(
+                {
+                    "field": f"{where}.category_id",
+                    "message": f"category_id {category_id!r} is not a category of the ground "
+                    f"truth (ids {sorted(cat_ids)[:10]}...); map model labels to category ids "
+                    "through the dataset's label2cat (predictions_to_coco)",
+                }
+            )
+            continue
+        if not _is_xywh(det["bbox"]):
+            problems.append(
+                {
+                    "field": f"{where}.bbox",
+                    "message": "bbox must be [x, y, width, height] in pixels, width, height >= 0",
+                }
+            )
+            continue
+        if not _is_number(det["score"]):
+            problems.append({"field": f"{where}.score", "message": "score must be a number"})
+            continue
+        out.append(
+            {
+                "image_id": int(image_id),
+                "category_id": int(category_id),
+                "bbox": [float(v) for v in det["bbox"]],
+                "score": float(det["score"]),
+            }
+        )
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise InvalidSpecError(
+            f"invalid detections: {problems[0]['field']}: {problems[0]['message']}{more}",
+            field="detections",
+            details=problems[:_MAX_PROBLEMS],
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends: each returns the COCOeval object after evaluate/accumulate/summarize.
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _run_pycocotools(gt: dict[str, Any], dets: list[dict[str, Any]], img_ids: list[int]) -> Any:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        if dets:
+            coco_dt = coco_gt.loadRes(dets)
+        else:
+            # loadRes indexes anns[0]: an empty result set has to be built by hand.
+            coco_dt = COCO()
+            coco_dt.dataset = {
+                "images": gt["images"],
+                "categories": gt["categories"],
+                "annotations": [],
+            }
+            coco_dt.createIndex()
+        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        ev.params.imgIds = img_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
+def _run_faster(gt: dict[str, Any], dets: list[dict[str, Any]], img_ids: list[int]) -> Any:
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(gt, print_function=_silent)
+        # Its loadRes handles an empty list (unlike pycocotools').
+        coco_dt = coco_gt.loadRes(dets)
+        ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=_silent)
+        ev.params.imgIds = img_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def evaluate_coco(
+    gt: Mapping[str, Any] | PathInput,
+    detections: Sequence[Mapping[str, Any]] | PathInput,
+    *,
+    backend: str = "pycocotools",
+    image_ids: Sequence[int] | None = None,
+) -> EvalResult:
+    """COCO bbox evaluation of ``detections`` (COCO results format) against ``gt``.
+
+    Args:
+        gt: A COCO annotations dict, or the path of its JSON file. Never mutated.
+        detections: COCO result dicts ``{image_id, category_id, bbox: [x, y, w, h], score}``, or
+            the path of their JSON file. An empty list scores 0.
+        backend: ``"pycocotools"`` (the reference) or ``"faster"`` (faster-coco-eval, which the
+            tests prove gives identical numbers).
+        image_ids: Evaluate only these ground-truth images; default all of them, so images
+            without any detection count as misses (this is what reproduces published numbers).
+
+    Raises:
+        InvalidSpecError: unknown backend or image ids, unreadable file, malformed detections,
+            or a detection whose image or category is not in the ground truth.
+        InvalidDatasetError: the ground truth is not valid COCO.
+    """
+    if backend not in BACKENDS:
+        raise InvalidSpecError(
+            f"unknown evaluation backend {backend!r}; choose one of {list(BACKENDS)}",
+            field="backend",
+        )
+    if isinstance(gt, (str, os.PathLike)):
+        source = os.fspath(gt)
+        gt = _load_json(gt, "annotations")
+    else:
+        source = "<annotations dict>"
+    if isinstance(detections, (str, os.PathLike)):
+        detections = _load_json(detections, "detections")
+
+    gt_copy = _prepare_gt(gt, source)
+    all_image_ids = {img["id"] for img in gt_copy["images"]}
+    categories = sorted(gt_copy["categories"], key=lambda c: c["id"])
+    dets = _prepare_detections(detections, all_image_ids, {c["id"] for c in categories})
+
+    if image_ids is None:
+        img_ids = sorted(all_image_ids)
+    else:
+        if isinstance(image_ids, (str, bytes)) or not all(_is_int(i) for i in image_ids):
+            raise InvalidSpecError("image_ids must be a list of integers", field="image_ids")
+        img_ids = sorted({int(i) for i in image_ids})
+        if not img_ids:
+            raise InvalidSpecError(
+                "image_ids is empty; omit it to evaluate every image", field="image_ids"
+            )
+        unknown = [i for i in img_ids if i not in all_image_ids]
+        if unknown:
+            raise InvalidSpecError(
+                f"image_ids {unknown[:10]} are not images of the ground truth; pass ids from its "
+                "'images' list, or omit image_ids to evaluate every image",
+                field="image_ids",
+            )
+    if not categories:
+        raise InvalidDatasetError(
+            f"annotations from {source} have no categories; nothing can be evaluated",
+            field="annotations",
+        )
+
+    run = _run_pycocotools if backend == "pycocotools" else _run_faster
+    ev = run(gt_copy, dets, img_ids)
+
+    # COCOeval reports -1 for "no ground truth in this range"; NaN says "undefined" unambiguously.
+    raw_stats = [float(s) for s in ev.stats[: len(STAT_NAMES)]]
+    stats = {
+        name: math.nan if s == -1 else s for name, s in zip(STAT_NAMES, raw_stats, strict=True)
+    }
+    evaluated = set(img_ids)
+    per_class = _per_class(ev, categories, gt_copy["annotations"], evaluated)
+    return EvalResult(
+        stats=stats,
+        per_class=per_class,
+        num_images=len(img_ids),
+        num_detections=sum(1 for d in dets if d["image_id"] in evaluated),
+        backend=backend,
+    )
+
+
+def _per_class(
+    ev: Any,
+    categories: list[dict[str, Any]],
+    annotations: list[dict[str, Any]],
+    img_ids: set[int],
+) -> tuple[ClassAP, ...]:
+    p = ev.params
+    # precision: [iouThrs x recThrs x catIds x areaRng x maxDets], -1 where a class has no GT.
+    precision = np.asarray(ev.eval["precision"])
+    area = list(p.areaRngLbl).index("all")
+    max_dets = list(p.maxDets).index(100)
+    iou50 = int(np.argmin(np.abs(np.asarray(p.iouThrs) - 0.5)))
+    cat_index = {int(c): k for k, c in enumerate(p.catIds)}
+    num_gt: dict[int, int] = {}
+    for ann in annotations:
+        if ann["image_id"] in img_ids and not ann["iscrowd"]:
+            num_gt[ann["category_id"]] = num_gt.get(ann["category_id"], 0) + 1
+
+    def mean_valid(values: np.ndarray[Any, Any]) -> float:
+        valid = values[values > -1]
+        return float(np.mean(valid)) if valid.size else math.nan
+
+    out = []
+    for cat in categories:
+        k = cat_index[cat["id"]]
+        out.append(
+            ClassAP(
+                category_id=cat["id"],
+                name=str(cat.get("name", cat["id"])),
+                ap=mean_valid(precision[:, :, k, area, max_dets]),
+                ap50=mean_valid(precision[iou50, :, k, area, max_dets]),
+                num_gt=num_gt.get(cat["id"], 0),
+            )
+        )
+    return tuple(out)
+
+
+def evaluate_detections_files(
+    annotations: PathInput, detections: PathInput, *, backend: str = "pycocotools"
+) -> EvalResult:
+    """Evaluate a COCO results JSON file against a COCO annotations JSON file (the CLI's path)."""
+    return evaluate_coco(Path(annotations), Path(detections), backend=backend)
+
+
+def predictions_to_coco(
+    image_id: int,
+    boxes_xyxy: ArrayInput,
+    scores: ArrayInput,
+    labels: ArrayInput,
+    label2cat: Mapping[int, int],
+) -> list[dict[str, Any]]:
+    """One image's predictions (absolute pixel xyxy) as COCO result dicts, full precision.
+
+    Labels are mapped through ``label2cat`` (contiguous model label -> COCO category id); a label
+    with no entry is dropped, since RF-DETR's head can emit ``label == num_classes``.
+    """
+    boxes = _to_numpy(boxes_xyxy, np.float64)
+    score_arr = _to_numpy(scores, np.float64)
+    label_arr = _to_numpy(labels, None)
+    n = score_arr.shape[0] if score_arr.ndim == 1 else -1
+    if boxes.size == 0 and n == 0:
+        boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or n != boxes.shape[0] or label_arr.shape != (n,):
+        raise InvalidSpecError(
+            f"predictions must be boxes (N, 4), scores (N,) and labels (N,); got "
+            f"{boxes.shape}, {score_arr.shape}, {label_arr.shape}",
+            field="predictions",
+        )
+    out: list[dict[str, Any]] = []
+    for (x1, y1, x2, y2), score, label in zip(
+        boxes.tolist(), score_arr.tolist(), label_arr.tolist(), strict=True
+    ):
+        category_id = label2cat.get(int(label))
+        if category_id is None:
+            continue
+        out.append(
+            {
+                "image_id": int(image_id),
+                "category_id": int(category_id),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": score,
+            }
+        )
+    return out
+
+
+def _to_numpy(value: ArrayInput, dtype: Any) -> np.ndarray[Any, Any]:
+    if hasattr(value, "detach"):  # a torch tensor, on any device, in any float dtype (bf16 too)
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.double()
+        value = value.numpy()
+    return np.asarray(value, dtype=dtype)
+
+
+def format_stats_table(result: EvalResult) -> str:
+    """A plain-text table of the 12 stats, then AP / AP50 / GT count per class."""
+
+    def fmt(value: float) -> str:
+        return "   -  " if math.isnan(value) else f"{value:.4f}"
+
+    lines = [
+        f"COCO bbox evaluation ({result.backend}): {result.num_images} images, "
+        f"{result.num_detections} detections",
+        "",
+    ]
+    width = max(len(name) for name in STAT_NAMES)
+    lines += [f"  {name:<{width}}  {fmt(result.stats[name])}" for name in STAT_NAMES]
+    if result.per_class:
+        name_w = max(8, *(len(c.name) for c in result.per_class))
+        lines += ["", f"  {'id':>5}  {'category':<{name_w}}  {'AP':>6}  {'AP50':>6}  {'GT':>6}"]
+        lines += [
+            f"  {c.category_id:>5}  {c.name:<{name_w}}  {fmt(c.ap):>6}  {fmt(c.ap50):>6}  "
+            f"{c.num_gt:>6}"
+            for c in result.per_class
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""The launcher: submits job entrypoints to Ray through the Jobs API (``JobSubmissionClient``).
+
+Ray's Jobs API runs arbitrary code for anyone who reaches it, so only the control API talks to it
+and users never do. An entrypoint is a module name run with this venv's own interpreter.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from detrforge.platform.errors import ClusterError, NotFoundError
+
+__all__ = ["JobStatus", "Launcher"]
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """Ray's view of one submitted job."""
+
+    status: str  # PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED
+    message: str | None
+
+
+class Launcher:
+    """Submits ``python -m <module> <args>`` jobs to one Ray cluster and follows them."""
+
+    def __init__(
+        self, address: str, *, env: dict[str, str] | None = None, python: str | None = None
+    ) -> None:
+        self.address = address
+        self.env = dict(env or {})
+        self.python = python or sys.executable
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from ray.job_submission import JobSubmissionClient
+
+            try:
+                self._client = JobSubmissionClient(self.address)
+            except Exception as exc:
+                raise ClusterError(
+                    f"cannot reach the Ray Jobs API at {self.address}: {exc}. Check RAY_ADDRESS "
+                    "(the dashboard URL, e.g. http://127.0.0.1:8265) or start `detrforge serve`."
+                ) from exc
+        return self._client
+
+    def submit(
+        self,
+        module: str,
+        args: Sequence[str],
+        *,
+        submission_id: str,
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        """Submit ``module`` as a Ray job named ``submission_id``; returns the submission id."""
+        entrypoint = shlex.join([self.python, "-m", module, *args])
+        try:
+            return str(
+                self.client.submit_job(
+                    entrypoint=entrypoint,
+                    submission_id=submission_id,
+                    runtime_env={"env_vars": self.env},
+                    metadata=metadata or {},
+                )
+            )
+        except ClusterError:
+            raise
+        except Exception as exc:
+            raise ClusterError(f"Ray refused job {submission_id}: {exc}") from exc
+
+    def status(self, submission_id: str) -> JobStatus:
+        try:
+            info = self.client.get_job_info(submission_id)
+        except ClusterError:
+            raise
+        except RuntimeError as exc:
+            if "does not exist" in str(exc):
+                raise NotFoundError(f"Ray has no job {submission_id}") from exc
+            raise ClusterError(f"cannot read Ray job {submission_id}: {exc}") from exc
+        except Exception as exc:
+            raise ClusterError(f"cannot read Ray job {submission_id}: {exc}") from exc
+        return JobStatus(status=str(info.status), message=info.message)
+
+    def logs(self, submission_id: str) -> str:
+        try:
+            return str(self.client.get_job_logs(submission_id))
+        except Exception as exc:
+            raise ClusterError(f"cannot read logs of Ray job {submission_id}: {exc}") from exc
+
+    async def follow_logs(self, submission_id: str) -> AsyncIterator[str]:
+        """Stream the job's log lines as Ray produces them, until it ends."""
+        async for chunk in self.client.tail_job_logs(submission_id):
+            yield str(chunk)
+
+    def stop(self, submission_id: str) -> bool:
+        """Ask Ray to stop the job (SIGTERM to the driver, then its workers)."""
+        try:
+            return bool(self.client.stop_job(submission_id))
+        except Exception as exc:
+            raise ClusterError(f"cannot stop Ray job {submission_id}: {exc}") from exc

@@ -1,0 +1,132 @@
+"""MLflow tracking: one run per job, tagged ``detrforge.job_id``; the API reads results back."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EXPERIMENT", "JOB_TAG", "RunSummary", "Tracker", "flatten_params"]
+
+EXPERIMENT = "detrforge"
+JOB_TAG = "detrforge.job_id"
+
+
+def flatten_params(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested spec -> flat ``{"a.b": "value"}`` strings, as MLflow params want them."""
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The latest metrics and the tags of one MLflow run."""
+
+    run_id: str
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class Tracker:
+    """A thin, explicit wrapper over ``MlflowClient`` bound to one tracking URI."""
+
+    def __init__(self, tracking_uri: str, *, artifact_root: str | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    def experiment_id(self, name: str = EXPERIMENT) -> str:
+        """The id of experiment ``name``, created (with our artifact location) if missing."""
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        location = f"{self.artifact_root}/mlflow" if self.artifact_root else None
+        try:
+            return str(self.client.create_experiment(name, artifact_location=location))
+        except Exception:
+            # Another process created it between our look-up and create.
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return str(experiment.experiment_id)
+
+    def find_job_run(self, job_id: str) -> str | None:
+        """The run id tagged with ``job_id``, if one exists."""
+        runs = self.client.search_runs(
+            [self.experiment_id()], filter_string=f"tags.`{JOB_TAG}` = '{job_id}'", max_results=1
+        )
+        return runs[0].info.run_id if runs else None
+
+    def start_job_run(
+        self, job_id: str, *, run_name: str, params: dict[str, Any], tags: dict[str, str]
+    ) -> str:
+        """Create (or find, when a driver is retried) the run of ``job_id``."""
+        existing = self.find_job_run(job_id)
+        if existing is not None:
+            return existing
+        run = self.client.create_run(
+            self.experiment_id(), run_name=run_name, tags={JOB_TAG: job_id, **tags}
+        )
+        run_id = str(run.info.run_id)
+        self.log_params(run_id, params)
+        return run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = flatten_params(params)
+        items = [Param(k, v) for k, v in sorted(flat.items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], *, step: int) -> None:
+        """Log finite metrics at ``step`` in one batch."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))
+        ]
+        if items:
+            self.client.log_batch(run_id, metrics=items)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def end_run(self, run_id: str, status: str) -> None:
+        """Mark the run FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(run_id, status=status)
+
+    def summary(self, run_id: str) -> RunSummary:
+        run = self.client.get_run(run_id)
+        return RunSummary(
+            run_id=run_id,
+            status=str(run.info.status),
+            metrics=dict(run.data.metrics),
+            tags=dict(run.data.tags),
+        )
+
+    def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """``(step, value)`` pairs of one metric, in logging order."""
+        return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
+
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
+        return [a.path for a in self.client.list_artifacts(run_id, path)]

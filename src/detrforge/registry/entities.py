@@ -1,0 +1,126 @@
+"""Frozen domain entities the registry stores return: never ORM rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["ApiKey", "Job", "JobState", "Role"]
+
+
+class JobState(StrEnum):
+    """Life cycle of a job; ``SUCCEEDED``, ``FAILED`` and ``CANCELLED`` are final."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLING = "CANCELLING"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL_STATES
+
+
+_TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class Role(StrEnum):
+    """What an API key may do; each role includes everything the roles below it may do.
+
+    Roles compare by rank, not alphabetically: ``Role.operator >= Role.viewer``.
+    """
+
+    viewer = "viewer"
+    operator = "operator"
+    approver = "approver"
+    admin = "admin"
+
+    @property
+    def rank(self) -> int:
+        return _ROLE_ORDER.index(self)
+
+    def allows(self, required: Role) -> bool:
+        """Whether a key with this role may do what ``required`` may."""
+        return self.rank >= Role(required).rank
+
+    # str's own comparisons are alphabetical ("admin" < "viewer"), hence these overrides.
+    # Plain strings are accepted when they name a role, so they cannot fall back to str order.
+    def _other_rank(self, other: object) -> int | None:
+        if isinstance(other, Role):
+            return other.rank
+        if isinstance(other, str):
+            return Role(other).rank
+        return None
+
+    def __lt__(self, other: object) -> bool:
+        rank = self._other_rank(other)
+        return NotImplemented if rank is None else self.rank < rank
+
+    def __le__(self, other: object) -> bool:
+        rank = self._other_rank(other)
+        return NotImplemented if rank is None else self.rank <= rank
+
+    def __gt__(self, other: object) -> bool:
+        rank = self._other_rank(other)
+        return NotImplemented if rank is None else self.rank > rank
+
+    def __ge__(self, other: object) -> bool:
+        rank = self._other_rank(other)
+        return NotImplemented if rank is None else self.rank >= rank
+
+
+_ROLE_ORDER = (Role.viewer, Role.operator, Role.approver, Role.admin)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job the platform launched on the cluster, as the registry last recorded it."""
+
+    id: str
+    kind: str
+    state: JobState
+    spec: dict[str, Any]
+    created_by: str
+    dataset_fingerprint: str | None
+    created_at: datetime
+    updated_at: datetime
+    ray_submission_id: str | None = None
+    mlflow_run_id: str | None = None
+    error: str | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoint_uri: str | None = None
+    checkpoint_sha256: str | None = None
+    model_uri: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state.is_terminal
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key's record; the key itself is never stored, only its sha256 and a prefix."""
+
+    id: str
+    name: str
+    role: Role
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    @property
+    def principal(self) -> str:
+        """Who acted, as audit records name it."""
+        return f"key:{self.name}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None

@@ -1,0 +1,77 @@
+"""Database fixtures: every test that takes them runs on SQLite, and also on PostgreSQL when
+``DETRFORGE_TEST_DATABASE_URL`` names a server (each test gets its own fresh database there).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from detrforge.platform.db import (
+    make_engine,
+    make_session_factory,
+    normalize_url,
+    upgrade_database,
+)
+from detrforge.registry.jobs import JobStore
+from detrforge.registry.keys import KeyStore
+
+POSTGRES_URL_VARIABLE = "DETRFORGE_TEST_DATABASE_URL"
+
+_BACKENDS = [pytest.param("sqlite", id="sqlite")]
+if os.environ.get(POSTGRES_URL_VARIABLE):
+    _BACKENDS.append(pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres))
+
+
+@pytest.fixture(params=_BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty database, on SQLite and (when configured) on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+        return
+    yield from _fresh_postgres_database(os.environ[POSTGRES_URL_VARIABLE])
+
+
+def _fresh_postgres_database(server_url: str) -> Iterator[str]:
+    name = f"detrforge_test_{uuid.uuid4().hex[:16]}"
+    engine = make_engine(server_url)
+    maintenance = engine.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with maintenance.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        yield normalize_url(server_url).set(database=name).render_as_string(hide_password=False)
+        with maintenance.connect() as connection:
+            # FORCE: an engine a test forgot to dispose must not keep the database alive.
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def db_engine(database_url: str) -> Iterator[Engine]:
+    """An engine on ``database_url``, with the schema migrated to head."""
+    upgrade_database(database_url)
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session_factory(db_engine: Engine) -> sessionmaker[Session]:
+    return make_session_factory(db_engine)
+
+
+@pytest.fixture
+def job_store(session_factory: sessionmaker[Session]) -> JobStore:
+    return JobStore(session_factory)
+
+
+@pytest.fixture
+def key_store(session_factory: sessionmaker[Session]) -> KeyStore:
+    return KeyStore(session_factory)
