@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +30,15 @@ class Launcher:
     """Submits ``python -m <module> <args>`` jobs to one Ray cluster and follows them."""
 
     def __init__(
-        self, address: str, *, env: dict[str, str] | None = None, python: str | None = None
+        self,
+        address: str,
+        *,
+        env: dict[str, str] | None = None,
+        python: str | None = None,
+        agent_wait_s: float = 60.0,
     ) -> None:
         self.address = address
+        self.agent_wait_s = agent_wait_s
         self.env = dict(env or {})
         self.python = python or sys.executable
         self._client: Any = None
@@ -60,19 +67,25 @@ class Launcher:
     ) -> str:
         """Submit ``module`` as a Ray job named ``submission_id``; returns the submission id."""
         entrypoint = shlex.join([self.python, "-m", module, *args])
-        try:
-            return str(
-                self.client.submit_job(
-                    entrypoint=entrypoint,
-                    submission_id=submission_id,
-                    runtime_env={"env_vars": self.env},
-                    metadata=metadata or {},
+        deadline = time.monotonic() + self.agent_wait_s
+        while True:
+            try:
+                return str(
+                    self.client.submit_job(
+                        entrypoint=entrypoint,
+                        submission_id=submission_id,
+                        runtime_env={"env_vars": self.env},
+                        metadata=metadata or {},
+                    )
                 )
-            )
-        except ClusterError:
-            raise
-        except Exception as exc:
-            raise ClusterError(f"Ray refused job {submission_id}: {exc}") from exc
+            except ClusterError:
+                raise
+            except Exception as exc:
+                # A freshly started head answers this until its job agent is up.
+                if "No available agent" in str(exc) and time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    continue
+                raise ClusterError(f"Ray refused job {submission_id}: {exc}") from exc
 
     def status(self, submission_id: str) -> JobStatus:
         try:

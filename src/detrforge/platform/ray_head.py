@@ -11,10 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import sys
 import threading
 
 __all__ = ["main"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         "include_dashboard": True,
         "dashboard_host": "127.0.0.1",
         "dashboard_port": args.dashboard_port,
+        # The agent's default port (52365) is shared by every head on the host: pick a free one.
+        "dashboard_agent_listen_port": _free_port(),
         "temp_dir": args.temp_dir,
         "resources": json.loads(args.resources),
         "object_store_memory": 512 * 1024 * 1024,

@@ -1,0 +1,194 @@
+"""Latency of a predictor on this machine: model-only and end-to-end, p50/p95/p99 in milliseconds.
+
+One timed run processes one batch and records two intervals on ``time.perf_counter_ns``:
+
+- end-to-end: decode the encoded image bytes (PNG by default) from memory with PIL, preprocess,
+  forward, postprocess to host numpy detections;
+- model-only: the forward pass alone, inside the same run.
+
+On CUDA the predictor synchronizes the device before each clock read, so asynchronous kernels are
+charged to the interval that queued them (this also stops preprocessing from overlapping the
+forward pass, which costs end-to-end a little and makes the split honest). Warm-up runs execute
+the same path and are discarded.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from detrforge.platform.errors import InvalidSpecError
+from detrforge.platform.inference import Predictor
+
+__all__ = ["LatencyReport", "LatencyStats", "encode_images", "measure_latency"]
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Summary of latency samples in milliseconds.
+
+    Percentiles use numpy's default ``linear`` method (type 7 of Hyndman and Fan: the value at
+    rank ``(n - 1) * q`` interpolated between neighbours), so p99 of fewer than 100 samples lies
+    between the two largest. ``std`` is the population standard deviation (ddof=0).
+    """
+
+    p50: float
+    p95: float
+    p99: float
+    mean: float
+    std: float
+    min: float
+    max: float
+    n: int
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float]) -> LatencyStats:
+        """Stats of ``samples_ms``.
+
+        Raises:
+            InvalidSpecError: no samples, or a sample that is not a finite number >= 0.
+        """
+        values = np.asarray(list(samples_ms), dtype=np.float64)
+        if values.size == 0:
+            raise InvalidSpecError("no latency samples to summarise", field="samples")
+        if not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise InvalidSpecError(
+                "latency samples must be finite and >= 0 milliseconds", field="samples"
+            )
+        p50, p95, p99 = np.percentile(values, [50, 95, 99], method="linear")
+        return cls(
+            p50=float(p50),
+            p95=float(p95),
+            p99=float(p99),
+            mean=float(values.mean()),
+            std=float(values.std()),
+            min=float(values.min()),
+            max=float(values.max()),
+            n=int(values.size),
+        )
+
+    def to_dict(self) -> dict[str, float | int]:
+        """The fields as a plain dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    """What :func:`measure_latency` measured, with the raw samples kept for history."""
+
+    model_only: LatencyStats
+    end_to_end: LatencyStats
+    images_per_s: float
+    samples_model_ms: list[float]
+    samples_e2e_ms: list[float]
+    threads: int
+    device: str
+    backend: str
+    batch_size: int
+    warmup: int
+    runs: int
+
+    def to_metrics(self) -> dict[str, float]:
+        """End-to-end figures under the project's metric names (``latency_ms/p95`` ...)."""
+        return {
+            "latency_ms/p50": self.end_to_end.p50,
+            "latency_ms/p95": self.end_to_end.p95,
+            "latency_ms/p99": self.end_to_end.p99,
+            "throughput/img_s": self.images_per_s,
+        }
+
+
+def encode_images(images: Sequence[Image.Image], image_format: str = "PNG") -> list[bytes]:
+    """Each image as encoded file bytes (``PNG`` is lossless; ``JPEG`` at quality 95)."""
+    out = []
+    for image in images:
+        buffer = io.BytesIO()
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        if image_format.upper() in ("JPEG", "JPG"):
+            rgb.save(buffer, format="JPEG", quality=95)
+        else:
+            rgb.save(buffer, format=image_format)
+        out.append(buffer.getvalue())
+    return out
+
+
+def _decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    return image.convert("RGB")  # forces the decode; a lazy open would not do the work
+
+
+def measure_latency(
+    predictor: Predictor[Any],
+    images: Sequence[Image.Image],
+    *,
+    warmup: int,
+    runs: int,
+    batch_size: int = 1,
+    inter_run_sleep_ms: float = 0.0,
+    image_format: str = "PNG",
+) -> LatencyReport:
+    """Time ``runs`` batches of ``batch_size`` images after ``warmup`` untimed ones.
+
+    Batches cycle through ``images`` in order. ``images_per_s`` is ``batch_size`` over the mean
+    end-to-end time: one stream, no pipelining. ``inter_run_sleep_ms`` pauses between runs
+    (untimed), e.g. to keep a thermally limited device from throttling.
+
+    Raises:
+        InvalidSpecError: no images, or counts out of range.
+    """
+    if not images:
+        raise InvalidSpecError("measure_latency needs at least one image", field="images")
+    for name, value, minimum in (("warmup", warmup, 0), ("runs", runs, 1), ("batch_size", batch_size, 1)):
+        if value < minimum:
+            raise InvalidSpecError(f"{name} must be >= {minimum}, got {value}", field=name)
+    if not math.isfinite(inter_run_sleep_ms) or inter_run_sleep_ms < 0:
+        raise InvalidSpecError(
+            f"inter_run_sleep_ms must be >= 0, got {inter_run_sleep_ms}", field="inter_run_sleep_ms"
+        )
+    encoded = encode_images(images, image_format)
+    clock = time.perf_counter_ns
+    model_ms: list[float] = []
+    e2e_ms: list[float] = []
+    for run in range(warmup + runs):
+        start = run * batch_size
+        batch_bytes = [encoded[(start + j) % len(encoded)] for j in range(batch_size)]
+        predictor.synchronize()
+        t0 = clock()
+        decoded = [_decode(data) for data in batch_bytes]
+        batch = predictor.preprocess(decoded)
+        predictor.synchronize()
+        t1 = clock()
+        raw = predictor.forward(batch)
+        predictor.synchronize()
+        t2 = clock()
+        detections = predictor.postprocess(raw, [(im.height, im.width) for im in decoded])
+        predictor.synchronize()
+        t3 = clock()
+        if len(detections) != batch_size:
+            raise RuntimeError(f"{type(predictor).__name__} returned {len(detections)} results")
+        if run >= warmup:
+            model_ms.append((t2 - t1) / 1e6)
+            e2e_ms.append((t3 - t0) / 1e6)
+        if inter_run_sleep_ms:
+            time.sleep(inter_run_sleep_ms / 1000.0)
+    end_to_end = LatencyStats.from_samples(e2e_ms)
+    return LatencyReport(
+        model_only=LatencyStats.from_samples(model_ms),
+        end_to_end=end_to_end,
+        images_per_s=batch_size * 1000.0 / end_to_end.mean if end_to_end.mean > 0 else math.inf,
+        samples_model_ms=model_ms,
+        samples_e2e_ms=e2e_ms,
+        threads=predictor.threads,
+        device=predictor.device,
+        backend=predictor.backend,
+        batch_size=batch_size,
+        warmup=warmup,
+        runs=runs,
+    )

@@ -1,0 +1,214 @@
+"""A real 2-worker RF-DETR fine-tune on a real local Ray cluster, tracked in a real MLflow store.
+
+Nano at 128 px on a 16-image synthetic set; every test submits through the REST API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from detrforge.platform.cluster import LocalRayHead
+from detrforge.platform.data import DatasetInfo
+from detrforge.platform.tracking import Tracker
+from fixtures_cluster import (
+    TINY_SPEC,
+    ApiHarness,
+    free_port,
+    harness,
+    make_settings,
+    train_worker_pids,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _tracker(api: ApiHarness) -> Tracker:
+    return Tracker(api.settings.resolved_tracking_uri())
+
+
+def _sha256_of_mlflow_model(tracker: Tracker, run_id: str, tmp_path: Path) -> str:
+    local = tracker.client.download_artifacts(
+        run_id, "model/checkpoint_best_total.pth", str(tmp_path / "dl")
+    )
+    return hashlib.sha256(Path(local).read_bytes()).hexdigest()
+
+
+def _check_finished_job(api: ApiHarness, job: dict[str, Any], tmp_path: Path) -> None:
+    assert job["state"] == "SUCCEEDED", job.get("error")
+    tracker = _tracker(api)
+    run = tracker.client.get_run(job["mlflow_run_id"])
+    assert run.data.tags["detrforge.job_id"] == job["id"]
+    assert run.data.tags["detrforge.dataset_fingerprint"] == job["dataset_fingerprint"]
+    params = run.data.params
+    assert params["model_size"] == "nano"
+    assert params["resolution"] == "128"
+    assert params["num_workers"] == "2"
+    assert params["epochs"] == "2"
+    # One point per epoch for the per-epoch metrics.
+    for key in ("train/loss", "lr", "throughput/img_s", "bbox/AP", "bbox/AP50", "bbox/AP75"):
+        assert [step for step, _ in tracker.history(run.info.run_id, key)] == [0, 1], key
+    assert all(v > 0 for _, v in tracker.history(run.info.run_id, "throughput/img_s"))
+    assert 0.0 <= job["metrics"]["bbox/AP"] <= 1.0
+    assert job["progress"]["total_steps"] == job["progress"]["step"]
+    # The model artifact in MLflow is byte-identical to what the API reports.
+    assert "model/checkpoint_best_total.pth" in tracker.list_artifacts(run.info.run_id, "model")
+    assert _sha256_of_mlflow_model(tracker, run.info.run_id, tmp_path) == job["model_sha256"]
+    assert job["model_uri"].endswith(f"jobs/{job['id']}/model/checkpoint_best_total.pth")
+    assert "/checkpoint_" in job["checkpoint_uri"]
+
+
+def test_finetune_two_workers_file_artifacts(
+    cluster_api: ApiHarness, synth_ds: DatasetInfo, tmp_path: Path
+) -> None:
+    response = cluster_api.submit({**TINY_SPEC, "dataset": synth_ds.root})
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["dataset_fingerprint"] == synth_ds.fingerprint
+    assert created["state"] in {"PENDING", "RUNNING"}
+    job = cluster_api.wait(created["id"])
+    _check_finished_job(cluster_api, job, tmp_path)
+    # The stored model's bytes hash to the reported sha256 (file:// store).
+    local = Path(job["model_uri"].removeprefix("file://"))
+    assert hashlib.sha256(local.read_bytes()).hexdigest() == job["model_sha256"]
+    logs = cluster_api.client.get(
+        f"/api/v1/finetune-jobs/{job['id']}/logs", params={"tail": 5}, headers=cluster_api.headers()
+    )
+    assert f"job {job['id']} SUCCEEDED" in logs.text
+    assert train_worker_pids() == []
+
+
+def test_finetune_with_s3_artifacts(
+    tmp_path: Path, ray_head: LocalRayHead, s3_bucket: str, synth_ds: DatasetInfo
+) -> None:
+    settings = make_settings(
+        tmp_path / "home",
+        database_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        ray_address=ray_head.dashboard_url,
+        artifact_root=f"{s3_bucket}/detrforge",
+    )
+    for api in harness(settings):
+        job = api.wait(api.submit({**TINY_SPEC, "dataset": synth_ds.root}).json()["id"])
+        _check_finished_job(api, job, tmp_path)
+        assert job["model_uri"].startswith(f"{s3_bucket}/detrforge/jobs/")
+        assert job["checkpoint_uri"].startswith(f"{s3_bucket}/detrforge/ray/{job['id']}/")
+        from detrforge.platform.storage import open_store
+
+        store = open_store(settings.resolved_artifact_root())
+        assert store.sha256(job["model_uri"]) == job["model_sha256"]
+
+
+def test_killed_worker_resumes_from_checkpoint(
+    cluster_api: ApiHarness, synth_ds: DatasetInfo
+) -> None:
+    spec = {**TINY_SPEC, "dataset": synth_ds.root, "epochs": 4, "max_failures": 2}
+    job_id = cluster_api.submit(spec).json()["id"]
+    tracker = _tracker(cluster_api)
+
+    def checkpointed() -> bool:
+        run_id = cluster_api.job(job_id)["mlflow_run_id"]
+        return bool(run_id and tracker.history(run_id, "checkpoint/epoch"))
+
+    wait_until(checkpointed, timeout_s=300)
+    victims = train_worker_pids()
+    assert len(victims) == 2
+    os.kill(victims[-1], signal.SIGKILL)
+
+    job = cluster_api.wait(job_id)
+    assert job["state"] == "SUCCEEDED", job.get("error")
+    run_id = job["mlflow_run_id"]
+    starts = [v for _, v in tracker.history(run_id, "attempt/start_epoch")]
+    assert starts[0] == 0 and len(starts) == 2, starts
+    assert starts[1] >= 1, f"the restarted worker group began at epoch {starts[1]}, not resumed"
+    epochs = [step for step, _ in tracker.history(run_id, "train/loss")]
+    assert epochs.count(0) == 1, f"epoch 0 ran again after the failure: {epochs}"
+    assert max(epochs) == 3
+
+
+def test_cancel_stops_job_and_workers(cluster_api: ApiHarness, synth_ds: DatasetInfo) -> None:
+    job_id = cluster_api.submit({**TINY_SPEC, "dataset": synth_ds.root, "epochs": 50}).json()["id"]
+    wait_until(lambda: len(train_worker_pids()) == 2, timeout_s=180)
+    started = time.monotonic()
+    response = cluster_api.client.post(
+        f"/api/v1/finetune-jobs/{job_id}/cancel", headers=cluster_api.headers()
+    )
+    assert response.status_code == 202
+    job = cluster_api.wait(job_id, timeout_s=30)
+    assert job["state"] == "CANCELLED"
+    assert time.monotonic() - started < 30
+    wait_until(lambda: train_worker_pids() == [], timeout_s=15)
+    # Cancelling again is a no-op on a terminal job.
+    again = cluster_api.client.post(
+        f"/api/v1/finetune-jobs/{job_id}/cancel", headers=cluster_api.headers()
+    )
+    assert again.json()["state"] == "CANCELLED"
+
+
+def _serve(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "detrforge.cli", "serve"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_api_restart_reconciles_running_job(
+    tmp_path: Path, ray_head: LocalRayHead, synth_ds: DatasetInfo
+) -> None:
+    port = free_port()
+    home = tmp_path / "home"
+    env = {
+        **os.environ,
+        "DETRFORGE_HOME": str(home),
+        "DETRFORGE_PORT": str(port),
+        "RAY_ADDRESS": ray_head.dashboard_url,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+    }
+    base = f"http://127.0.0.1:{port}"
+    server = _serve(env, tmp_path / "serve.log")
+    try:
+        wait_until(lambda: _up(base), timeout_s=60, every_s=0.5)
+        headers = {"Authorization": f"Bearer {(home / 'admin.key').read_text()}"}
+        job_id = httpx.post(
+            f"{base}/api/v1/finetune-jobs",
+            json={**TINY_SPEC, "dataset": synth_ds.root, "epochs": 3},
+            headers=headers,
+            timeout=60,
+        ).json()["id"]
+        wait_until(lambda: len(train_worker_pids()) == 2, timeout_s=180)
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        # The job finishes while no API is up.
+        time.sleep(5)
+        server = _serve(env, tmp_path / "serve.log")
+        wait_until(lambda: _up(base), timeout_s=60, every_s=0.5)
+
+        def final() -> Any:
+            job = httpx.get(f"{base}/api/v1/finetune-jobs/{job_id}", headers=headers).json()
+            return job if job["state"] in {"SUCCEEDED", "FAILED", "CANCELLED"} else None
+
+        job = wait_until(final, timeout_s=600, every_s=2)
+        assert job["state"] == "SUCCEEDED", job.get("error")
+        assert job["model_sha256"] and job["mlflow_run_id"]
+        assert job["metrics"]["epoch"] == 2
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _up(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

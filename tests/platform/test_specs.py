@@ -1,0 +1,124 @@
+"""Fine-tune spec validation: every rule gives a precise message naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from detrforge.platform.errors import InvalidSpecError
+from detrforge.platform.specs import FinetuneSpec, check_resolution, nearest_resolutions, parse_spec
+
+BASE: dict[str, Any] = {"dataset": "/data/ds"}
+
+
+def _error(**changes: Any) -> InvalidSpecError:
+    with pytest.raises(InvalidSpecError) as info:
+        parse_spec(FinetuneSpec, {**BASE, **changes})
+    return info.value
+
+
+def test_defaults_follow_rfdetr() -> None:
+    spec = parse_spec(FinetuneSpec, BASE)
+    assert spec.model_size == "nano"
+    assert spec.resolution == 384
+    assert parse_spec(FinetuneSpec, {**BASE, "model_size": "large"}).resolution == 704
+    assert spec.num_queries is None and spec.group_detr is None
+    assert spec.pretrain_weights is None
+
+
+@pytest.mark.parametrize(("resolution", "near"), [(130, "128 or 160"), (500, "480 or 512")])
+def test_resolution_not_divisible_names_nearest(resolution: int, near: str) -> None:
+    err = _error(resolution=resolution)
+    assert err.field == "resolution"
+    assert f"resolution {resolution} is not divisible by 32" in err.message
+    assert near in err.message
+
+
+def test_resolution_out_of_range() -> None:
+    err = _error(resolution=32)
+    assert err.field == "resolution"
+    assert "out of range" in err.message
+    assert _error(resolution=4096).field == "resolution"
+
+
+def test_nearest_resolutions() -> None:
+    assert nearest_resolutions(130, 32) == [128, 160]
+    assert nearest_resolutions(10, 32) == [64, 96]
+    check_resolution("small", 512)
+    with pytest.raises(ValueError, match="unknown model size"):
+        check_resolution("huge", 512)
+
+
+def test_unknown_model_size() -> None:
+    err = _error(model_size="xlarge")
+    assert err.field == "model_size"
+    assert "'nano'" in err.message and "'large'" in err.message
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("epochs", 0, "greater than or equal to 1"),
+        ("batch_size", 0, "greater than or equal to 1"),
+        ("grad_accum_steps", 0, "greater than or equal to 1"),
+        ("lr", 0, "greater than 0"),
+        ("lr_encoder", -1, "greater than 0"),
+        ("weight_decay", -0.1, "greater than or equal to 0"),
+        ("early_stopping_patience", 0, "greater than or equal to 1"),
+        ("early_stopping_min_delta", -1, "greater than or equal to 0"),
+        ("freeze_encoder_epochs", -1, "greater than or equal to 0"),
+        ("num_workers", 0, "greater than or equal to 1"),
+        ("max_failures", -2, "greater than or equal to -1"),
+        ("checkpoint_frequency", 0, "greater than or equal to 1"),
+        ("num_queries", 0, "greater than or equal to 1"),
+        ("group_detr", 0, "greater than or equal to 1"),
+        ("seed", "abc", "valid integer"),
+        ("use_ema", "maybe", "valid boolean"),
+        ("use_gpu", "maybe", "valid boolean"),
+        ("gradient_checkpointing", "maybe", "valid boolean"),
+    ],
+)
+def test_numeric_and_flag_rules(field: str, value: Any, fragment: str) -> None:
+    err = _error(**{field: value})
+    assert err.field == field
+    assert fragment in err.message
+
+
+def test_unknown_field_rejected() -> None:
+    err = _error(learning_rate=0.1)
+    assert err.field == "learning_rate"
+    assert "Extra inputs are not permitted" in err.message
+
+
+def test_missing_dataset() -> None:
+    with pytest.raises(InvalidSpecError) as info:
+        parse_spec(FinetuneSpec, {})
+    assert info.value.field == "dataset"
+
+
+def test_negative_resources_rejected() -> None:
+    err = _error(resources_per_worker={"CPU": -1})
+    assert err.field == "resources_per_worker"
+    assert "must be >= 0" in err.message
+
+
+def test_weights_from_the_internet_rejected() -> None:
+    err = _error(pretrain_weights="https://example.com/w.pth")
+    assert err.field == "pretrain_weights"
+    assert "never downloaded" in err.message
+    assert parse_spec(FinetuneSpec, {**BASE, "pretrain_weights": "s3://b/w.pth"}).pretrain_weights
+
+
+def test_freeze_must_end_before_training_does() -> None:
+    err = _error(epochs=3, freeze_encoder_epochs=3)
+    assert err.field == "freeze_encoder_epochs"
+    assert "never unfrozen" in err.message
+    assert parse_spec(FinetuneSpec, {**BASE, "epochs": 3, "freeze_encoder_epochs": 2})
+
+
+def test_spec_is_frozen_and_round_trips() -> None:
+    spec = parse_spec(FinetuneSpec, {**BASE, "resolution": 128})
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error type
+        spec.epochs = 3  # type: ignore[misc]
+    assert FinetuneSpec.model_validate_json(spec.model_dump_json()) == spec
