@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ def steady(values: list[float]) -> float:
 
 
 def rfdetr_child(params: dict[str, Any]) -> int:
-    """Train with rfdetr's own ``train()``; write per-epoch images/s as JSON to ``params['out']``."""
+    """rfdetr's own ``train()``; per-epoch images/s go as JSON to ``params['out']``."""
     import pytorch_lightning as pl
     import torch
 
@@ -108,7 +108,7 @@ def rfdetr_child(params: dict[str, Any]) -> int:
     original = rfdetr.training.build_trainer
 
     def build_trainer_with_timing(*args: Any, **kwargs: Any) -> Any:
-        trainer = original(*args, **kwargs)
+        trainer: Any = original(*args, **kwargs)
         trainer.callbacks.append(timing)
         return trainer
 
@@ -144,16 +144,28 @@ def rfdetr_child(params: dict[str, Any]) -> int:
 # -- process sampling ----------------------------------------------------------------------------
 
 
-class RssSampler:
-    """Every 0.5 s: peak RSS of each process ``match(proc)`` accepts, until ``stop()``."""
+class ProcessSampler:
+    """Every 0.5 s: peak RSS and CPU of the training processes; CPU of the Ray head's others.
 
-    def __init__(self, match: Any) -> None:
-        self.match = match
+    ``is_trainer(proc, under_head)`` picks the training processes; ``under_head`` is the set of
+    pids below the Ray head (ours only: other Ray clusters may be running on this host).
+    """
+
+    def __init__(self, is_trainer: Any, head_pid: int, *, also: set[int] | None = None) -> None:
+        self.is_trainer = is_trainer
+        self.head_pid = head_pid
+        self.also = also or set()  # more background processes (the job driver)
         self.peak: dict[int, int] = {}
+        # pid -> ((t, cpu_s) first seen, (t, cpu_s) last seen), for the training processes
+        self.cpu: dict[int, tuple[tuple[float, float], tuple[float, float]]] = {}
+        # pid -> (cpu_s at start or 0 if born later, cpu_s last seen), the head's other processes
+        self.background: dict[int, tuple[float, float]] = {}
+        self.names: dict[int, str] = {}
+        self._ticks = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> ProcessSampler:
         self._thread.start()
         return self
 
@@ -162,44 +174,74 @@ class RssSampler:
         self._thread.join()
 
     def _run(self) -> None:
+        while not self._stop.is_set():
+            self._tick()
+            self._stop.wait(SAMPLE_EVERY_S)
+
+    def _tick(self) -> None:
         import psutil
 
-        while not self._stop.is_set():
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                try:
-                    if self.match(proc):
-                        rss = proc.memory_info().rss
-                        self.peak[proc.pid] = max(self.peak.get(proc.pid, 0), rss)
-                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        try:
+            head = psutil.Process(self.head_pid)
+            under_head = {head.pid, *(c.pid for c in head.children(recursive=True))}
+        except psutil.NoSuchProcess:
+            under_head = set()
+        background = under_head | self.also
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                # Once a trainer, always one: an exiting Ray worker drops its actor title.
+                trainer = proc.pid in self.cpu or self.is_trainer(proc, under_head)
+                if not trainer and proc.pid not in background:
                     continue
-            self._stop.wait(SAMPLE_EVERY_S)
+                times = proc.cpu_times()
+                cpu_s = times.user + times.system
+                if trainer:
+                    rss = proc.memory_info().rss
+                    self.peak[proc.pid] = max(self.peak.get(proc.pid, 0), rss)
+                    point = (time.monotonic(), cpu_s)
+                    self.cpu[proc.pid] = (self.cpu.get(proc.pid, (point, point))[0], point)
+                    self.background.pop(proc.pid, None)  # a pre-started Ray worker turned trainer
+                else:
+                    start = self.background.get(proc.pid, (0.0 if self._ticks else cpu_s, 0.0))
+                    self.background[proc.pid] = (start[0], cpu_s)
+                    if proc.pid not in self.names:
+                        self.names[proc.pid] = _short_name(proc.info["cmdline"] or [])
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        self._ticks += 1
 
     def peaks_mb(self) -> list[float]:
         return sorted((v / 2**20 for v in self.peak.values()), reverse=True)
 
+    def cpu_util(self) -> list[float]:
+        """Cores each training process kept busy over its sampled life."""
+        return [(c1 - c0) / (t1 - t0) for (t0, c0), (t1, c1) in self.cpu.values() if t1 - t0 > 1.0]
 
-def head_tree_cpu_s(head_pid: int, exclude: set[int]) -> dict[int, float]:
-    """CPU seconds so far of every process under the Ray head, minus ``exclude``."""
-    import psutil
+    def background_cpu_s(self) -> float:
+        return sum(last - first for first, last in self.background.values())
 
-    out: dict[int, float] = {}
-    try:
-        procs = [psutil.Process(head_pid), *psutil.Process(head_pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return out
-    for proc in procs:
-        if proc.pid in exclude:
-            continue
-        try:
-            t = proc.cpu_times()
-            out[proc.pid] = t.user + t.system
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return out
+    def top_background(self, n: int = 4) -> list[tuple[str, float]]:
+        """The ``n`` process kinds that used the most background CPU seconds."""
+        by_name: dict[str, float] = {}
+        for pid, (first, last) in self.background.items():
+            name = self.names.get(pid, "?")
+            by_name[name] = by_name.get(name, 0.0) + last - first
+        return sorted(by_name.items(), key=lambda kv: -kv[1])[:n]
 
 
-def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
-    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
+def _short_name(cmdline: list[str]) -> str:
+    """``ray::TrainController.run``, ``gcs_server``, ``python -m detrforge.jobs.finetune``..."""
+    if not cmdline:
+        return "?"
+    first = cmdline[0]
+    if first.startswith("ray::"):
+        return first.split()[0].split(".")[0]
+    if "-m" in cmdline[:3]:
+        return "python -m " + cmdline[cmdline.index("-m") + 1]
+    for arg in cmdline[:3]:
+        if arg.endswith(".py"):
+            return Path(arg).name
+    return Path(first).name
 
 
 # -- one run of each side ------------------------------------------------------------------------
@@ -212,13 +254,41 @@ class RunResult:
     img_s: list[float]
     wall_s: float
     rss_mb: list[float]
+    cpu_util: list[float]
     ray_bg_cpu_s: float
+    top_bg: list[tuple[str, float]]
     note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def steady(self) -> float:
         return steady(self.img_s)
+
+
+def _run_sampled(
+    cmd: list[str],
+    *,
+    env: dict[str, str],
+    log: Path,
+    head_pid: int,
+    is_trainer: Any,
+    driver_is_trainer: bool,
+) -> tuple[int, float, ProcessSampler]:
+    """Run ``cmd`` to the end while sampling; returns exit code, wall seconds and the samples."""
+    started = time.monotonic()
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            if driver_is_trainer:
+                sampler = ProcessSampler(lambda p, _: p.pid == proc.pid, head_pid)
+            else:
+                sampler = ProcessSampler(is_trainer, head_pid, also={proc.pid})
+            with sampler:
+                rc = proc.wait()
+        finally:
+            if proc.poll() is None:  # interrupted: leave nothing behind
+                proc.kill()
+                proc.wait()
+    return rc, time.monotonic() - started, sampler
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -228,7 +298,9 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def run_rfdetr(args: argparse.Namespace, tmp: Path, dataset: Path, head: Any, tag: str) -> RunResult:
+def run_rfdetr(
+    args: argparse.Namespace, tmp: Path, dataset: Path, head: Any, tag: str
+) -> RunResult:
     out = tmp / f"rfdetr-{tag}.json"
     output_dir = tmp / f"rfdetr-out-{tag}"
     log = tmp / f"rfdetr-{tag}.log"
@@ -247,17 +319,14 @@ def run_rfdetr(args: argparse.Namespace, tmp: Path, dataset: Path, head: Any, ta
     }
     # Ray gives its workers OMP_NUM_THREADS = their CPUs; the same here.
     env = {**os.environ, **BASE_ENV, "OMP_NUM_THREADS": str(args.threads)}
-    started = time.monotonic()
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, __file__, "--rfdetr-child", json.dumps(params)],
-            cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-        )
-        bg_before = head_tree_cpu_s(head.process.pid, set())
-        with RssSampler(lambda p: p.pid == proc.pid) as sampler:
-            rc = proc.wait()
-        bg_after = head_tree_cpu_s(head.process.pid, set())
-    wall = time.monotonic() - started
+    rc, wall, sampler = _run_sampled(
+        [sys.executable, __file__, "--rfdetr-child", json.dumps(params)],
+        env=env,
+        log=log,
+        head_pid=head.process.pid,
+        is_trainer=None,
+        driver_is_trainer=True,
+    )
     shutil.rmtree(output_dir, ignore_errors=True)
     if rc != 0 or not out.exists():
         raise RuntimeError(f"rfdetr child failed (rc={rc}); log tail:\n{_tail(log)}")
@@ -266,8 +335,15 @@ def run_rfdetr(args: argparse.Namespace, tmp: Path, dataset: Path, head: Any, ta
     if data["actual_img_s"] != data["img_s"]:
         note = f"actual-batch img/s {steady(data['actual_img_s']):.2f}"
     return RunResult(
-        "rfdetr", 1, data["img_s"], wall, sampler.peaks_mb(), cpu_delta(bg_before, bg_after),
-        note, {"steps": data["steps"], "torch_threads": data["torch_threads"]},
+        side="rfdetr",
+        workers=1,
+        img_s=data["img_s"],
+        wall_s=wall,
+        rss_mb=sampler.peaks_mb(),
+        cpu_util=sampler.cpu_util(),
+        ray_bg_cpu_s=sampler.background_cpu_s(),
+        top_bg=sampler.top_background(),
+        note=note,
     )
 
 
@@ -306,27 +382,26 @@ def run_detrforge(
     }
     (tmp / "driver-tmp").mkdir(exist_ok=True)
     log = tmp / f"detrforge-{tag}.log"
-    head_pid = head.process.pid
 
-    def is_our_worker(p: Any) -> bool:
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "RayTrainWorker" not in cmd:
-            return False
-        # Only workers of our own head: other Ray clusters may be training on this host.
-        return any(parent.pid == head_pid for parent in p.parents())
+    def is_our_worker(p: Any, under_head: set[int]) -> bool:
+        return p.pid in under_head and "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
 
-    started = time.monotonic()
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "detrforge.jobs.finetune", "--job-id", job_id,
-             "--spec", json.dumps(spec)],
-            cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-        )
-        with RssSampler(is_our_worker) as sampler:
-            bg_before = head_tree_cpu_s(head_pid, set())
-            rc = proc.wait()
-            bg_after = head_tree_cpu_s(head_pid, set(sampler.peak))
-    wall = time.monotonic() - started
+    rc, wall, sampler = _run_sampled(
+        [
+            sys.executable,
+            "-m",
+            "detrforge.jobs.finetune",
+            "--job-id",
+            job_id,
+            "--spec",
+            json.dumps(spec),
+        ],
+        env=env,
+        log=log,
+        head_pid=head.process.pid,
+        is_trainer=is_our_worker,
+        driver_is_trainer=False,
+    )
     # The job's checkpoints (Ray storage) and published model are ~120 MB each: drop them now.
     shutil.rmtree(tmp / "artifacts" / "ray" / job_id, ignore_errors=True)
     shutil.rmtree(tmp / "artifacts" / "jobs" / job_id, ignore_errors=True)
@@ -336,10 +411,15 @@ def run_detrforge(
         raise RuntimeError(f"detrforge job {job_id} failed (rc={rc}); log tail:\n{_tail(log)}")
     history = sorted(tracker.history(run_id, "throughput/img_s"))
     shutil.rmtree(tmp / "artifacts" / "mlflow", ignore_errors=True)
-    worker_cpu = cpu_delta(bg_before, bg_after)  # excludes the training workers themselves
     return RunResult(
-        "detrforge", workers, [v for _, v in history], wall, sampler.peaks_mb(), worker_cpu,
-        extra={"job_id": job_id},
+        side="detrforge",
+        workers=workers,
+        img_s=[v for _, v in history],
+        wall_s=wall,
+        rss_mb=sampler.peaks_mb(),
+        cpu_util=sampler.cpu_util(),
+        ray_bg_cpu_s=sampler.background_cpu_s(),
+        top_bg=sampler.top_background(),
     )
 
 
@@ -369,11 +449,17 @@ def versions() -> str:
 def fmt_row(r: RunResult) -> str:
     epochs = " ".join(f"{v:6.2f}" for v in r.img_s)
     rss = "/".join(f"{m:.0f}" for m in r.rss_mb) or "n/a"
+    util = "/".join(f"{u:.2f}" for u in r.cpu_util) or "n/a"
     return (
-        f"  {r.side:<10} W={r.workers}  img/s {r.steady:7.2f}  per-epoch [{epochs}]  "
-        f"peak RSS MB/worker {rss:>9}  wall {r.wall_s:6.1f}s  ray-bg cpu {r.ray_bg_cpu_s:5.1f}s"
-        + (f"  ({r.note})" if r.note else "")
+        f"  {r.side:<10} W={r.workers}  img/s {r.steady:6.2f}  per-epoch [{epochs}]  "
+        f"peak RSS MB/worker {rss:>9}  cpu util {util:>9}  wall {r.wall_s:5.1f}s  "
+        f"ray-bg cpu {r.ray_bg_cpu_s:4.1f}s" + (f"  ({r.note})" if r.note else "")
     )
+
+
+def fmt_background(r: RunResult) -> str:
+    top = ", ".join(f"{name} {cpu:.1f}s" for name, cpu in r.top_bg if cpu >= 0.5)
+    return f"      top ray-bg ({r.side} W={r.workers}): {top or 'none'}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -388,7 +474,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads per training process")
     p.add_argument("--workers", type=int, default=1, help="detrforge DDP workers (compared row)")
     p.add_argument(
-        "--extra-workers", type=int, default=2,
+        "--extra-workers",
+        type=int,
+        default=2,
         help="also run detrforge with this many workers each round (0: skip)",
     )
     p.add_argument("--repeats", type=int, default=2)
@@ -401,6 +489,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.extra_workers == args.workers:
+        args.extra_workers = 0  # the extra row would only repeat the compared one
     if args.rfdetr_child is not None:
         os.environ.update(BASE_ENV)
         return rfdetr_child(json.loads(args.rfdetr_child))
@@ -434,12 +524,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dataset = tmp / "ds"
         synth_dataset(
-            dataset, seed=0, train_images=args.train_images, valid_images=args.valid_images,
+            dataset,
+            seed=0,
+            train_images=args.train_images,
+            valid_images=args.valid_images,
             image_size=args.resolution,
         )
         t0 = time.monotonic()
         head.start()
         print(f"ray head at {head.address} up in {time.monotonic() - t0:.1f}s", flush=True)
+        print(
+            "columns: img/s = mean over epochs after the first; cpu util = cores the training "
+            "process kept busy over its life (below --threads means it waited for a CPU); "
+            "wall = whole run incl. startup; ray-bg cpu = CPU seconds used meanwhile by the "
+            "Ray head's other processes and the job driver",
+            flush=True,
+        )
         for i in range(args.repeats):
             results = [
                 run_detrforge(args, tmp, dataset, head, args.workers, f"{i}a"),
@@ -448,9 +548,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.extra_workers > 0:
                 results.append(run_detrforge(args, tmp, dataset, head, args.extra_workers, f"{i}b"))
             rounds.append(results)
-            print(f"\nround {i + 1}/{args.repeats}")
+            print(f"\nround {i + 1}/{args.repeats}  (load average {os.getloadavg()[0]:.2f})")
             for r in results:
                 print(fmt_row(r))
+            for r in results:
+                if r.side == "detrforge":
+                    print(fmt_background(r))
             ratio = results[0].steady / results[1].steady
             print(f"  ratio detrforge/rfdetr (W={args.workers}): {ratio:.3f}", flush=True)
     finally:

@@ -47,16 +47,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def train_worker_pids() -> list[int]:
-    """PIDs of live Ray Train worker processes on this machine."""
+def train_worker_pids(head: LocalRayHead) -> list[int]:
+    """PIDs of live Ray Train worker processes of ``head`` (not of other Ray heads on the host)."""
+    assert head.process is not None
     pids = []
-    for proc in psutil.process_iter(["pid", "cmdline", "name"]):
+    for proc in psutil.Process(head.process.pid).children(recursive=True):
         try:
-            text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
+            text = " ".join(proc.cmdline()) + " " + proc.name()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         if "RayTrainWorker" in text:
-            pids.append(proc.info["pid"])
+            pids.append(proc.pid)
     return pids
 
 

@@ -19,8 +19,10 @@ from detrforge.platform.db import (
     normalize_url,
     upgrade_database,
 )
+from detrforge.registry.benchmarks import BenchmarkStore
 from detrforge.registry.jobs import JobStore
 from detrforge.registry.keys import KeyStore
+from detrforge.registry.targets import TargetStore
 
 POSTGRES_URL_VARIABLE = "DETRFORGE_TEST_DATABASE_URL"
 
@@ -75,3 +77,13 @@ def job_store(session_factory: sessionmaker[Session]) -> JobStore:
 @pytest.fixture
 def key_store(session_factory: sessionmaker[Session]) -> KeyStore:
     return KeyStore(session_factory)
+
+
+@pytest.fixture
+def target_store(session_factory: sessionmaker[Session]) -> TargetStore:
+    return TargetStore(session_factory)
+
+
+@pytest.fixture
+def benchmark_store(session_factory: sessionmaker[Session]) -> BenchmarkStore:
+    return BenchmarkStore(session_factory)

@@ -25,7 +25,7 @@ NANO_NUM_QUERIES = 50
 
 
 def save_rfdetr_checkpoint(detector: Any, path: Path, class_names: list[str]) -> Path:
-    """Write ``detector``'s weights as rfdetr's best-model ``.pth`` (what ``load_detector`` reads)."""
+    """Write ``detector``'s weights in the layout of rfdetr's best-model ``.pth``."""
     from importlib.metadata import version
 
     import torch

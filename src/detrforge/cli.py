@@ -27,11 +27,15 @@ finetune_app = typer.Typer(
 keys_app = typer.Typer(help="API keys (direct database access, for admins on the server).")
 cluster_app = typer.Typer(help="The embedded local Ray head.", no_args_is_help=True)
 eval_app = typer.Typer(help="COCO evaluation.", no_args_is_help=True)
+bench_app = typer.Typer(help="Latency benchmarks on hardware targets.", no_args_is_help=True)
+targets_app = typer.Typer(help="Hardware targets (named benchmark profiles).", no_args_is_help=True)
+bench_app.add_typer(targets_app, name="targets")
 app.add_typer(data_app, name="data")
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(keys_app, name="keys")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(eval_app, name="eval")
+app.add_typer(bench_app, name="bench")
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
@@ -417,6 +421,138 @@ def finetune_cancel(job_id: str) -> None:
     """Cancel a job (Ray stops it; CANCELLED within seconds)."""
     job = ApiClient(Settings()).call("POST", f"/api/v1/finetune-jobs/{job_id}/cancel")
     typer.echo(f"{job['id']}: {job['state']}")
+
+
+def _wait_generic(client: ApiClient, path: str) -> dict[str, Any]:
+    while True:
+        job = client.call("GET", path)
+        if job["state"] in TERMINAL:
+            return dict(job)
+        time.sleep(2.0)
+
+
+def _checkpoint_body(job: str | None, checkpoint: str | None) -> dict[str, Any]:
+    if bool(job) == bool(checkpoint):
+        _fail("give exactly one of --job (a finished fine-tune) or --checkpoint (a URI)", 2)
+    return {"job_id": job} if job else {"checkpoint": _absolute(str(checkpoint))}
+
+
+@eval_app.command("run")
+def eval_run(
+    dataset: Annotated[str, typer.Option(help="Dataset folder or s3:// prefix.")],
+    job: Annotated[str | None, typer.Option(help="A SUCCEEDED fine-tune job id.")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="A .pth path or URI.")] = None,
+    split: str = "valid",
+    backend: Annotated[str, typer.Option(help="torch or onnxruntime")] = "torch",
+    model_size: str | None = None,
+    resolution: int | None = None,
+    wait: bool = True,
+) -> None:
+    """Evaluate a checkpoint on a COCO split (pycocotools), per class too."""
+    body = _checkpoint_body(job, checkpoint)
+    body.update({"dataset": _absolute(dataset), "split": split, "backend": backend})
+    body.update(
+        {k: v for k, v in {"model_size": model_size, "resolution": resolution}.items() if v}
+    )
+    client = ApiClient(Settings())
+    created = client.call("POST", "/api/v1/evaluations", json=body)
+    typer.echo(f"submitted evaluation {created['id']}")
+    if not wait:
+        return
+    done = _wait_generic(client, f"/api/v1/evaluations/{created['id']}")
+    if done["state"] != "SUCCEEDED":
+        _fail(f"evaluation {done['state']}: {done.get('error')}")
+    result = client.call("GET", f"/api/v1/evaluations/{created['id']}/result")
+    for name, value in result["stats"].items():
+        typer.echo(f"{name:<12} {value if value is None else f'{value:.4f}'}")
+    for row in result["per_class"]:
+        typer.echo(f"  class {row['category_id']:>3} {row['name']:<16} AP {row['ap']}")
+
+
+@bench_app.command("run")
+def bench_run(
+    target: Annotated[str, typer.Option(help="A hardware target name.")],
+    job: Annotated[str | None, typer.Option(help="A SUCCEEDED fine-tune job id.")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="A .pth path or URI.")] = None,
+    backend: str | None = None,
+    runs: int = 50,
+    warmup: int = 5,
+    model_size: str | None = None,
+    resolution: int | None = None,
+    wait: bool = True,
+) -> None:
+    """Benchmark a checkpoint's latency on a hardware target (p50/p95/p99, environment)."""
+    body = _checkpoint_body(job, checkpoint)
+    body.update({"target": target, "runs": runs, "warmup": warmup})
+    extra = {"backend": backend, "model_size": model_size, "resolution": resolution}
+    body.update({k: v for k, v in extra.items() if v})
+    client = ApiClient(Settings())
+    created = client.call("POST", "/api/v1/benchmarks", json=body)
+    typer.echo(f"submitted benchmark {created['id']}")
+    if wait:
+        done = _wait_generic(client, f"/api/v1/benchmarks/{created['id']}")
+        typer.echo(
+            json.dumps(
+                {"state": done["state"], "error": done.get("error"), **done.get("metrics", {})},
+                indent=2,
+            )
+        )
+
+
+@bench_app.command("history")
+def bench_history(
+    target: str | None = None,
+    checkpoint_sha256: str | None = None,
+    limit: int = 50,
+    csv: Annotated[bool, typer.Option("--csv", help="CSV export.")] = False,
+) -> None:
+    """The append-only benchmark history, newest first."""
+    params: dict[str, Any] = {"limit": limit, "format": "csv" if csv else "json"}
+    if target:
+        params["target"] = target
+    if checkpoint_sha256:
+        params["checkpoint_sha256"] = checkpoint_sha256
+    out = ApiClient(Settings()).call("GET", "/api/v1/benchmark-records", params=params)
+    if csv:
+        typer.echo(out, nl=False)
+        return
+    for r in out["items"]:
+        typer.echo(
+            f"{r['created_at'][:19]} {r['target']:<12} {r['backend']:<11} "
+            f"{r['resolution']:>4}px p50 {r['p50_ms']:.1f} p95 {r['p95_ms']:.1f} ms "
+            f"torch {r['environment'].get('torch')} sha {r['checkpoint_sha256'][:12]}"
+        )
+
+
+@targets_app.command("create")
+def targets_create(
+    name: str,
+    resources: Annotated[str, typer.Option(help='JSON, e.g. {"hw_cpu_x86": 1}')],
+    backend: str = "torch",
+    precision: str = "fp32",
+    batch_size: int = 1,
+    num_threads: int | None = None,
+    description: str = "",
+) -> None:
+    """Create a hardware target."""
+    body = {
+        "name": name,
+        "resources": json.loads(resources),
+        "backend": backend,
+        "precision": precision,
+        "batch_size": batch_size,
+        "num_threads": num_threads,
+        "description": description,
+    }
+    out = ApiClient(Settings()).call("POST", "/api/v1/hardware-targets", json=body)
+    typer.echo(json.dumps(out, indent=2))
+
+
+@targets_app.command("list")
+def targets_list() -> None:
+    """List hardware targets."""
+    for t in ApiClient(Settings()).call("GET", "/api/v1/hardware-targets")["items"]:
+        typer.echo(f"{t['name']:<16} {t['backend']:<11} {t['precision']} {t['resources']}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,20 @@ REQUIRED_ROLE: dict[tuple[str, str], Role | None] = {
     ("get", "/api/v1/finetune-jobs/{job_id}"): Role.viewer,
     ("get", "/api/v1/finetune-jobs/{job_id}/logs"): Role.viewer,
     ("post", "/api/v1/finetune-jobs/{job_id}/cancel"): Role.operator,
+    ("post", "/api/v1/evaluations"): Role.operator,
+    ("get", "/api/v1/evaluations"): Role.viewer,
+    ("get", "/api/v1/evaluations/{job_id}"): Role.viewer,
+    ("get", "/api/v1/evaluations/{job_id}/result"): Role.viewer,
+    ("post", "/api/v1/benchmarks"): Role.operator,
+    ("get", "/api/v1/benchmarks"): Role.viewer,
+    ("get", "/api/v1/benchmarks/{job_id}"): Role.viewer,
+    ("post", "/api/v1/hardware-targets"): Role.approver,
+    ("get", "/api/v1/hardware-targets"): Role.viewer,
+    ("get", "/api/v1/hardware-targets/{name}"): Role.viewer,
+    ("patch", "/api/v1/hardware-targets/{name}"): Role.approver,
+    ("delete", "/api/v1/hardware-targets/{name}"): Role.approver,
+    ("get", "/api/v1/benchmark-records"): Role.viewer,
+    ("get", "/api/v1/benchmark-records/summary"): Role.viewer,
 }
 _WEAKER = {Role.operator: Role.viewer, Role.approver: Role.operator, Role.admin: Role.approver}
 

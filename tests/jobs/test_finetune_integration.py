@@ -69,7 +69,7 @@ def _check_finished_job(api: ApiHarness, job: dict[str, Any], tmp_path: Path) ->
 
 
 def test_finetune_two_workers_file_artifacts(
-    cluster_api: ApiHarness, synth_ds: DatasetInfo, tmp_path: Path
+    cluster_api: ApiHarness, synth_ds: DatasetInfo, tmp_path: Path, ray_head: LocalRayHead
 ) -> None:
     response = cluster_api.submit({**TINY_SPEC, "dataset": synth_ds.root})
     assert response.status_code == 201, response.text
@@ -85,7 +85,35 @@ def test_finetune_two_workers_file_artifacts(
         f"/api/v1/finetune-jobs/{job['id']}/logs", params={"tail": 5}, headers=cluster_api.headers()
     )
     assert f"job {job['id']} SUCCEEDED" in logs.text
-    assert train_worker_pids() == []
+    assert train_worker_pids(ray_head) == []
+
+    # The trained model, evaluated twice with pycocotools by job id: finite, identical, per class.
+    results = []
+    for _ in range(2):
+        created = cluster_api.client.post(
+            "/api/v1/evaluations",
+            json={"job_id": job["id"], "dataset": synth_ds.root},
+            headers=cluster_api.headers(),
+        )
+        assert created.status_code == 201, created.text
+        path = f"/api/v1/evaluations/{created.json()['id']}"
+        done = wait_until(
+            lambda p=path: (
+                (j := cluster_api.client.get(p, headers=cluster_api.headers()).json())["state"]
+                in {"SUCCEEDED", "FAILED"}
+                and j
+            ),
+            timeout_s=300,
+            every_s=2,
+        )
+        assert done["state"] == "SUCCEEDED", done["error"]
+        assert done["spec"]["checkpoint_sha256"] == job["model_sha256"]
+        results.append(
+            cluster_api.client.get(f"{path}/result", headers=cluster_api.headers()).json()
+        )
+    assert results[0]["stats"] == results[1]["stats"]
+    assert all(v is None or 0.0 <= v <= 1.0 for v in results[0]["stats"].values())
+    assert [row["name"] for row in results[0]["per_class"]] == ["square"]
 
 
 def test_finetune_with_s3_artifacts(
@@ -109,7 +137,7 @@ def test_finetune_with_s3_artifacts(
 
 
 def test_killed_worker_resumes_from_checkpoint(
-    cluster_api: ApiHarness, synth_ds: DatasetInfo
+    cluster_api: ApiHarness, synth_ds: DatasetInfo, ray_head: LocalRayHead
 ) -> None:
     spec = {**TINY_SPEC, "dataset": synth_ds.root, "epochs": 4, "max_failures": 2}
     job_id = cluster_api.submit(spec).json()["id"]
@@ -120,7 +148,7 @@ def test_killed_worker_resumes_from_checkpoint(
         return bool(run_id and tracker.history(run_id, "checkpoint/epoch"))
 
     wait_until(checkpointed, timeout_s=300)
-    victims = train_worker_pids()
+    victims = train_worker_pids(ray_head)
     assert len(victims) == 2
     os.kill(victims[-1], signal.SIGKILL)
 
@@ -135,9 +163,11 @@ def test_killed_worker_resumes_from_checkpoint(
     assert max(epochs) == 3
 
 
-def test_cancel_stops_job_and_workers(cluster_api: ApiHarness, synth_ds: DatasetInfo) -> None:
+def test_cancel_stops_job_and_workers(
+    cluster_api: ApiHarness, synth_ds: DatasetInfo, ray_head: LocalRayHead
+) -> None:
     job_id = cluster_api.submit({**TINY_SPEC, "dataset": synth_ds.root, "epochs": 50}).json()["id"]
-    wait_until(lambda: len(train_worker_pids()) == 2, timeout_s=180)
+    wait_until(lambda: len(train_worker_pids(ray_head)) == 2, timeout_s=180)
     started = time.monotonic()
     response = cluster_api.client.post(
         f"/api/v1/finetune-jobs/{job_id}/cancel", headers=cluster_api.headers()
@@ -146,7 +176,7 @@ def test_cancel_stops_job_and_workers(cluster_api: ApiHarness, synth_ds: Dataset
     job = cluster_api.wait(job_id, timeout_s=30)
     assert job["state"] == "CANCELLED"
     assert time.monotonic() - started < 30
-    wait_until(lambda: train_worker_pids() == [], timeout_s=15)
+    wait_until(lambda: train_worker_pids(ray_head) == [], timeout_s=15)
     # Cancelling again is a no-op on a terminal job.
     again = cluster_api.client.post(
         f"/api/v1/finetune-jobs/{job_id}/cancel", headers=cluster_api.headers()
@@ -186,7 +216,7 @@ def test_api_restart_reconciles_running_job(
             headers=headers,
             timeout=60,
         ).json()["id"]
-        wait_until(lambda: len(train_worker_pids()) == 2, timeout_s=180)
+        wait_until(lambda: len(train_worker_pids(ray_head)) == 2, timeout_s=180)
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         # The job finishes while no API is up.

@@ -73,7 +73,7 @@ def test_upgrade_creates_schema_and_is_idempotent(
         assert {"ix_jobs_state", "ix_jobs_created_at"} <= job_indexes
         with engine.connect() as connection:
             versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
-        assert [row[0] for row in versions] == ["0001"]
+        assert [row[0] for row in versions] == [_head_revision()]
     finally:
         engine.dispose()
 
@@ -112,3 +112,13 @@ def test_migrations_match_the_orm_models(database_url: str) -> None:
             assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()
+
+
+def _head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    from detrforge.platform.db import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None
+    return head

@@ -11,11 +11,14 @@ from fastapi import Depends, Header, Request
 from detrforge.api.job_service import JobService
 from detrforge.platform.errors import PermissionDeniedError, UnauthenticatedError
 from detrforge.platform.settings import Settings
+from detrforge.registry.benchmarks import BenchmarkStore
 from detrforge.registry.entities import ApiKey, Role
 from detrforge.registry.keys import KeyStore
+from detrforge.registry.targets import TargetStore
 
 __all__ = [
     "Admin",
+    "Approver",
     "Operator",
     "Services",
     "ServicesDep",
@@ -31,6 +34,8 @@ class Services:
     settings: Settings
     keys: KeyStore
     jobs: JobService
+    targets: TargetStore
+    benchmarks: BenchmarkStore
 
 
 def get_services(request: Request) -> Services:

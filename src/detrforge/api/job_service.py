@@ -16,9 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from detrforge.platform.data import DatasetInfo, require_valid_dataset
-from detrforge.platform.errors import ClusterError, DetrforgeError, NotFoundError
+from detrforge.platform.errors import (
+    ClusterError,
+    ConflictError,
+    DetrforgeError,
+    InvalidSpecError,
+    NotFoundError,
+    ResourceUnavailableError,
+)
 from detrforge.platform.launcher import Launcher
-from detrforge.platform.specs import FinetuneSpec, parse_spec
+from detrforge.platform.specs import BenchmarkSpec, EvaluateSpec, FinetuneSpec, parse_spec
 from detrforge.platform.storage import fetch_local, open_store
 from detrforge.platform.tracking import Tracker
 from detrforge.registry.entities import ApiKey, Job, JobState
@@ -29,6 +36,11 @@ __all__ = ["FINETUNE_MODULE", "JobService"]
 log = logging.getLogger(__name__)
 
 FINETUNE_MODULE = "detrforge.jobs.finetune"
+MODULES = {
+    "finetune": FINETUNE_MODULE,
+    "evaluate": "detrforge.jobs.evaluate",
+    "benchmark": "detrforge.jobs.benchmark",
+}
 
 _RAY_TO_STATE = {
     "PENDING": JobState.PENDING,
@@ -56,6 +68,8 @@ class JobService:
     artifact_root: str
     cache_dir: Path
     schedule_timeout_s: float = 600.0
+    targets: Any = None  # registry.targets.TargetStore
+    benchmarks: Any = None  # registry.benchmarks.BenchmarkStore
 
     # -- intake + submit ----------------------------------------------------------------------
     def intake_dataset(self, uri: str) -> DatasetInfo:
@@ -74,22 +88,101 @@ class JobService:
                     field="pretrain_weights",
                 )
         info = self.intake_dataset(spec.dataset)
+        return self._submit("finetune", spec, principal=principal, fingerprint=info.fingerprint)
+
+    def _submit(self, kind: str, spec: Any, *, principal: ApiKey, fingerprint: str | None) -> Job:
+        """Record the job, then submit it; a refused submission fails the job, loses nothing."""
         job = self.jobs.create(
-            kind="finetune",
+            kind=kind,
             spec=spec.model_dump(mode="json"),
             created_by=principal.principal,
-            dataset_fingerprint=info.fingerprint,
+            dataset_fingerprint=fingerprint,
         )
         args = ["--job-id", job.id, "--spec", spec.model_dump_json()]
-        args += ["--dataset-fingerprint", info.fingerprint]
+        args += ["--dataset-fingerprint", fingerprint or ""]
         try:
             submission_id = self.launcher.submit(
-                FINETUNE_MODULE, args, submission_id=job.id, metadata={"detrforge.job_id": job.id}
+                MODULES[kind], args, submission_id=job.id, metadata={"detrforge.job_id": job.id}
             )
         except ClusterError as exc:
             self.jobs.update(job.id, state=JobState.FAILED, error=exc.message, finished_at=_now())
             raise
         return self.jobs.update(job.id, ray_submission_id=submission_id)
+
+    # -- evaluate + benchmark -------------------------------------------------------------------
+    def _checkpoint_fields(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Fill checkpoint, sha256, size and resolution from ``job_id`` (a finished fine-tune)."""
+        body = dict(body)
+        job_id = body.pop("job_id", None)
+        if job_id is None:
+            return body
+        job = self.jobs.get(str(job_id))
+        if job.kind != "finetune" or job.state != JobState.SUCCEEDED or not job.model_uri:
+            raise InvalidSpecError(
+                f"job {job_id} is a {job.state.value} {job.kind} job without a model; give a "
+                "SUCCEEDED fine-tune job or a checkpoint URI",
+                field="job_id",
+            )
+        body.setdefault("checkpoint", job.model_uri)
+        body.setdefault("checkpoint_sha256", job.checkpoint_sha256)
+        body.setdefault("model_size", job.spec.get("model_size", "nano"))
+        body.setdefault("resolution", job.spec.get("resolution"))
+        return body
+
+    def submit_evaluation(self, body: Any, *, principal: ApiKey) -> Job:
+        """COCO AP of a checkpoint (or a fine-tune job's model) on a dataset split."""
+        if not isinstance(body, dict):
+            raise InvalidSpecError("the body must be a JSON object", field=None)
+        spec: EvaluateSpec = parse_spec(EvaluateSpec, self._checkpoint_fields(body))
+        self._check_checkpoint(spec.checkpoint)
+        info = self.intake_dataset(spec.dataset)
+        return self._submit("evaluate", spec, principal=principal, fingerprint=info.fingerprint)
+
+    def submit_benchmark(self, body: Any, *, principal: ApiKey) -> Job:
+        """Latency of a checkpoint on a named target; refused at once if no node has it."""
+        if not isinstance(body, dict):
+            raise InvalidSpecError("the body must be a JSON object", field=None)
+        body = self._checkpoint_fields(body)
+        target_name = body.get("target")
+        if not target_name:
+            raise InvalidSpecError("target: name a hardware target", field="target")
+        target = self.targets.get(str(target_name))
+        body["target_resources"] = dict(target.resources)
+        body.setdefault("backend", target.backend)
+        body.setdefault("precision", target.precision)
+        body.setdefault("batch_size", target.batch_size)
+        if target.num_threads is not None:
+            body.setdefault("num_threads", target.num_threads)
+        spec: BenchmarkSpec = parse_spec(BenchmarkSpec, body)
+        if spec.precision != "fp32":
+            raise InvalidSpecError(
+                f"precision {spec.precision} is not measured yet; use fp32", field="precision"
+            )
+        self._check_checkpoint(spec.checkpoint)
+        self._check_target_exists(
+            target.name, {"CPU": float(spec.num_threads or 1), **spec.target_resources}
+        )
+        fingerprint = self.intake_dataset(spec.dataset).fingerprint if spec.dataset else None
+        return self._submit("benchmark", spec, principal=principal, fingerprint=fingerprint)
+
+    def _check_checkpoint(self, uri: str) -> None:
+        if "://" not in uri and not Path(uri).is_file():
+            raise NotFoundError(f"checkpoint {uri} is not a file on the server", field="checkpoint")
+        if uri.startswith(("file://", "s3://")) and not open_store(uri.rsplit("/", 1)[0]).exists(
+            uri
+        ):
+            raise NotFoundError(f"checkpoint {uri} does not exist", field="checkpoint")
+
+    def _check_target_exists(self, name: str, wanted: dict[str, float]) -> None:
+        nodes = self.launcher.node_resources()
+        if any(all(n.get(k, 0.0) >= v for k, v in wanted.items()) for n in nodes):
+            return
+        offered = sorted({k for n in nodes for k in n if not k.startswith("node:")})
+        raise ResourceUnavailableError(
+            f"no node in the cluster has hardware target {name!r} ({wanted}); the cluster offers "
+            f"{offered}. Add a node with that resource or pick another target.",
+            field="target",
+        )
 
     # -- cancel ---------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> Job:
@@ -131,6 +224,8 @@ class JobService:
         fields.pop("_run_error", None)
         if state.is_terminal:
             fields["finished_at"] = _now()
+        if state == JobState.SUCCEEDED and job.kind == "benchmark":
+            self._record_benchmark(job, fields.get("mlflow_run_id"))
         elif state == JobState.RUNNING and self._unschedulable(job, fields):
             self.launcher.stop(job.ray_submission_id)
             state = JobState.FAILED
@@ -140,6 +235,52 @@ class JobService:
             )
             fields["finished_at"] = _now()
         return self.jobs.update(job_id, state=state, **fields)
+
+    def _record_benchmark(self, job: Job, run_id: str | None) -> None:
+        """Append the benchmark's result to the history (idempotent per job)."""
+        import json
+        import tempfile
+
+        if run_id is None or self.benchmarks is None:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self.tracker.client.download_artifacts(run_id, "benchmark/record.json", tmp)
+            out = json.loads(Path(local).read_text())
+        spec = BenchmarkSpec.model_validate(job.spec)
+        e2e, model = out["end_to_end"], out["model_only"]
+        self.benchmarks.add(
+            {
+                "job_id": job.id,
+                "checkpoint_uri": spec.checkpoint,
+                "checkpoint_sha256": out["checkpoint_sha256"],
+                "model_size": spec.model_size,
+                "target": spec.target,
+                "target_resources": spec.target_resources,
+                "node_id": out["node_id"],
+                "backend": spec.backend,
+                "precision": spec.precision,
+                "resolution": spec.resolution,
+                "batch_size": spec.batch_size,
+                "warmup": spec.warmup,
+                "runs": spec.runs,
+                "threads": out["threads"],
+                "device": out["device"],
+                "p50_ms": model["p50"],
+                "p95_ms": model["p95"],
+                "p99_ms": model["p99"],
+                "mean_ms": model["mean"],
+                "std_ms": model["std"],
+                "min_ms": model["min"],
+                "max_ms": model["max"],
+                "e2e_p50_ms": e2e["p50"],
+                "e2e_p95_ms": e2e["p95"],
+                "e2e_p99_ms": e2e["p99"],
+                "images_per_s": out["images_per_s"],
+                "environment": out["environment"],
+                "mlflow_run_id": run_id,
+                "dataset_fingerprint": out["dataset_fingerprint"],
+            }
+        )
 
     def reconcile_all(self) -> int:
         """Reconcile every non-terminal job; returns how many were looked at."""
@@ -194,6 +335,26 @@ class JobService:
             {u.rsplit("/", 1)[0] for u in uris if "/checkpoint_" in u and u.endswith(".ckpt")}
         )
         return dirs
+
+    def evaluation_result(self, job_id: str) -> dict[str, Any]:
+        """The finished evaluation's stats and per-class table (from its MLflow run)."""
+        import json
+        import tempfile
+
+        job = self.reconcile(job_id)
+        if job.kind != "evaluate":
+            raise NotFoundError(f"job {job_id} is not an evaluation")
+        if job.state != JobState.SUCCEEDED or not job.mlflow_run_id:
+            raise ConflictError(f"evaluation {job_id} is {job.state.value}; its result comes later")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self.tracker.client.download_artifacts(
+                job.mlflow_run_id, "eval/per_class.json", tmp
+            )
+            result: dict[str, Any] = json.loads(Path(local).read_text())
+        result["eval_fingerprint"] = self.tracker.summary(job.mlflow_run_id).tags.get(
+            "detrforge.eval_fingerprint"
+        )
+        return result
 
     # -- logs -----------------------------------------------------------------------------------
     def logs(self, job_id: str, *, tail: int | None = None) -> str:

@@ -14,14 +14,17 @@ from detrforge import __version__
 from detrforge.api.deps import Services
 from detrforge.api.errors import install_error_handlers
 from detrforge.api.job_service import JobService
-from detrforge.api.routes import finetune, health, keys
+from detrforge.api.routes import evaluations, finetune, health, keys
+from detrforge.api.routes import targets as target_routes
 from detrforge.platform.cluster import ray_client_env
 from detrforge.platform.db import make_engine, make_session_factory, upgrade_database
 from detrforge.platform.launcher import Launcher
 from detrforge.platform.settings import Settings
 from detrforge.platform.tracking import Tracker
+from detrforge.registry.benchmarks import BenchmarkStore
 from detrforge.registry.jobs import JobStore
 from detrforge.registry.keys import KeyStore
+from detrforge.registry.targets import TargetStore
 
 __all__ = ["build_services", "create_app", "job_env"]
 
@@ -62,15 +65,25 @@ def build_services(settings: Settings) -> Services:
     sessions = make_session_factory(make_engine(url))
     artifact_root = settings.resolved_artifact_root()
     launcher = Launcher(settings.resolved_ray_address(), env=job_env(settings))
+    targets = TargetStore(sessions)
+    benchmarks = BenchmarkStore(sessions)
     jobs = JobService(
         jobs=JobStore(sessions),
+        targets=targets,
+        benchmarks=benchmarks,
         launcher=launcher,
         tracker=Tracker(settings.resolved_tracking_uri(), artifact_root=artifact_root),
         artifact_root=artifact_root,
         cache_dir=settings.resolved_home() / "cache",
         schedule_timeout_s=settings.schedule_timeout_s,
     )
-    return Services(settings=settings, keys=KeyStore(sessions), jobs=jobs)
+    return Services(
+        settings=settings,
+        keys=KeyStore(sessions),
+        jobs=jobs,
+        targets=targets,
+        benchmarks=benchmarks,
+    )
 
 
 def _reconcile_forever(services: Services, stop: threading.Event) -> None:
@@ -111,4 +124,6 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.include_router(health.router)
     app.include_router(keys.router)
     app.include_router(finetune.router)
+    app.include_router(evaluations.router)
+    app.include_router(target_routes.router)
     return app

@@ -9,7 +9,19 @@ from pydantic import BaseModel, Field
 
 from detrforge.registry.entities import ApiKey, Job, Role
 
-__all__ = ["JobPublic", "JobsPublic", "KeyCreate", "KeyCreated", "KeyPublic", "KeysPublic"]
+__all__ = [
+    "BenchmarkRecordsPublic",
+    "JobPublic",
+    "JobsPublic",
+    "KeyCreate",
+    "KeyCreated",
+    "KeyPublic",
+    "KeysPublic",
+    "TargetCreate",
+    "TargetPublic",
+    "TargetUpdate",
+    "TargetsPublic",
+]
 
 
 class JobPublic(BaseModel):
@@ -96,3 +108,50 @@ class KeyCreated(KeyPublic):
 
 class KeysPublic(BaseModel):
     items: list[KeyPublic]
+
+
+class TargetCreate(BaseModel):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    description: str = ""
+    resources: dict[str, float] = Field(
+        description='Ray resources for one benchmark task, e.g. {"hw_cpu_x86": 1}.'
+    )
+    backend: str = "torch"
+    precision: str = "fp32"
+    batch_size: int = Field(default=1, ge=1)
+    num_threads: int | None = Field(default=None, ge=1)
+
+
+class TargetUpdate(BaseModel):
+    description: str | None = None
+    resources: dict[str, float] | None = None
+    backend: str | None = None
+    precision: str | None = None
+    batch_size: int | None = Field(default=None, ge=1)
+    num_threads: int | None = Field(default=None, ge=1)
+
+
+class TargetPublic(TargetCreate):
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class TargetsPublic(BaseModel):
+    items: list[TargetPublic]
+
+
+class BenchmarkRecordsPublic(BaseModel):
+    items: list[dict[str, Any]]
+    total: int
+    limit: int
+    offset: int
+
+    @classmethod
+    def of(
+        cls, records: list[Any], *, total: int, limit: int, offset: int
+    ) -> BenchmarkRecordsPublic:
+        import dataclasses
+
+        items = [dataclasses.asdict(r) for r in records]
+        return cls(items=items, total=total, limit=limit, offset=offset)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from detrforge.platform.errors import ClusterError
 
-__all__ = ["LocalRayHead", "ray_client_env", "wait_for_port"]
+__all__ = ["LocalRayHead", "pin_cluster_address", "ray_client_env", "wait_for_port"]
 
 # The embedded head listens on loopback only; token auth is for heads other hosts can reach.
 AUTH_MODE = "disabled"
@@ -33,6 +33,19 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 def ray_client_env() -> dict[str, str]:
     """Environment every process that talks to the embedded head needs."""
     return {"RAY_AUTH_MODE": AUTH_MODE, "RAY_USAGE_STATS_ENABLED": "0", **LOOPBACK_ENV}
+
+
+def pin_cluster_address(address: str, temp_dir: Path) -> None:
+    """Record ``address`` as the cluster of ``temp_dir``.
+
+    Ray's job supervisor starts each driver with ``RAY_ADDRESS`` read from
+    ``<temp_dir>/ray_current_cluster``; ``cluster_utils.Cluster`` writes that file only under the
+    default ``/tmp/ray``, and without it Ray falls back to *any* GCS process on the host, which
+    can be another cluster's.
+    """
+    from ray._private.utils import write_ray_address
+
+    write_ray_address(address, str(temp_dir))
 
 
 def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
@@ -87,7 +100,9 @@ class LocalRayHead:
         if self.num_cpus is not None:
             cmd.append(f"--num-cpus={self.num_cpus}")
         env = {**os.environ, **ray_client_env()}
-        env.pop("RAY_ADDRESS", None)
+        # Its own address: with several Ray clusters on one host, processes the head starts must
+        # not guess "the latest cluster" (Ray Train's PlacementGroupCleaner did).
+        env["RAY_ADDRESS"] = self.address
         self.process = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeGuard
@@ -423,10 +424,11 @@ def _check_categories_agree(splits: dict[str, _Split], problems: list[DatasetPro
         problems.append(_problem(f"{name}/{ANNOTATION_FILE}", "categories", message))
 
 
-def fingerprint_dataset(root: Path) -> str:
+def fingerprint_dataset(root: Path, *, splits: Sequence[str] = SPLITS) -> str:
     """Sha256 over every split's canonical annotation JSON and every other file's bytes.
 
     Depends only on relative paths and contents, so copies of a dataset share a fingerprint.
+    ``splits=("valid",)`` fingerprints one evaluation split alone.
 
     Raises:
         InvalidDatasetError: when ``root`` is not a folder.
@@ -440,7 +442,7 @@ def fingerprint_dataset(root: Path) -> str:
             details=[root_problem],
         )
     digest = hashlib.sha256(_FINGERPRINT_VERSION)
-    for split in SPLITS:
+    for split in splits:
         split_dir = root / split
         if not split_dir.is_dir():
             continue

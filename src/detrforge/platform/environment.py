@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 __all__ = ["ENVIRONMENT_KEYS", "EnvValue", "capture_environment"]
 
@@ -106,7 +107,8 @@ def _gpu_facts() -> dict[str, EnvValue]:
             return facts
         index = torch.cuda.current_device()
         properties = torch.cuda.get_device_properties(index)
-        cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        cudnn_module: Any = torch.backends.cudnn  # its functions are untyped
+        cudnn = cudnn_module.version() if cudnn_module.is_available() else None
         facts.update(
             cuda=torch.version.cuda,
             cudnn=int(cudnn) if cudnn is not None else None,
@@ -125,6 +127,14 @@ def _driver() -> str | None:
     return out.splitlines()[0].strip() if out else None
 
 
+def _module_version(name: str) -> str | None:
+    try:
+        module = __import__(name)
+    except ImportError:
+        return None
+    return str(getattr(module, "__version__", None) or _version(name))
+
+
 def capture_environment(
     *,
     backend: str,
@@ -139,8 +149,9 @@ def capture_environment(
         "detrforge": _version("detrforge") or __version__,
         "detrforge_git_sha": _git_sha(),
         "rfdetr": _version("rfdetr"),
-        "torch": _version("torch"),
-        "torchvision": _version("torchvision"),
+        # The module's own version keeps the build tag (2.14.1+cu130 vs +cpu); the wheel's drops it.
+        "torch": _module_version("torch"),
+        "torchvision": _module_version("torchvision"),
         "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
         "python": platform.python_version(),
         "os": platform.platform(),
@@ -157,4 +168,3 @@ def capture_environment(
     )
     # Fixed key order, whatever the dict updates did.
     return {key: env[key] for key in ENVIRONMENT_KEYS}
-

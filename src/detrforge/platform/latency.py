@@ -145,7 +145,11 @@ def measure_latency(
     """
     if not images:
         raise InvalidSpecError("measure_latency needs at least one image", field="images")
-    for name, value, minimum in (("warmup", warmup, 0), ("runs", runs, 1), ("batch_size", batch_size, 1)):
+    for name, value, minimum in (
+        ("warmup", warmup, 0),
+        ("runs", runs, 1),
+        ("batch_size", batch_size, 1),
+    ):
         if value < minimum:
             raise InvalidSpecError(f"{name} must be >= {minimum}, got {value}", field=name)
     if not math.isfinite(inter_run_sleep_ms) or inter_run_sleep_ms < 0:

@@ -100,6 +100,16 @@ class Launcher:
             raise ClusterError(f"cannot read Ray job {submission_id}: {exc}") from exc
         return JobStatus(status=str(info.status), message=info.message)
 
+    def node_resources(self) -> list[dict[str, float]]:
+        """The total resources of every alive node, read through the dashboard's state API."""
+        from ray.util.state import list_nodes
+
+        try:
+            nodes = list_nodes(address=self.address, detail=True, raise_on_missing_output=False)
+        except Exception as exc:
+            raise ClusterError(f"cannot list the nodes of {self.address}: {exc}") from exc
+        return [dict(n.resources_total) for n in nodes if n.state == "ALIVE"]
+
     def logs(self, submission_id: str) -> str:
         try:
             return str(self.client.get_job_logs(submission_id))

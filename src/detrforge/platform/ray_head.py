@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
         head_args["num_cpus"] = os.cpu_count() or 1
     cluster = Cluster(initialize_head=True, head_node_args=head_args)
+    from pathlib import Path
+
+    from detrforge.platform.cluster import pin_cluster_address
+
+    pin_cluster_address(cluster.address, Path(args.temp_dir))
     print(f"ray head up at {cluster.address}", flush=True)
 
     stop = threading.Event()

@@ -10,6 +10,8 @@ from detrforge.platform.errors import InvalidSpecError
 
 __all__ = [
     "MODEL_SIZES",
+    "BenchmarkSpec",
+    "EvaluateSpec",
     "FinetuneSpec",
     "ModelSize",
     "check_resolution",
@@ -161,5 +163,56 @@ def parse_spec(cls: type[_Spec], data: Any) -> Any:
                 message = message.removeprefix("Value error, ")
             details.append({"field": field, "message": message})
         first = details[0]
-        text = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+        field, message = first["field"], first["message"]
+        text = f"{field}: {message}" if field and not message.startswith(field) else message
         raise InvalidSpecError(text, field=first["field"], details=details) from None
+
+
+Backend = Literal["torch", "onnxruntime"]
+EVAL_BACKENDS = ("pycocotools", "faster")
+
+
+class _CheckpointSpec(_Spec):
+    """A trained checkpoint: its URI, model size and resolution (the API can fill them)."""
+
+    checkpoint: str = Field(min_length=1, description="A .pth path, file:// or s3:// URI.")
+    checkpoint_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    model_size: ModelSize = "nano"
+    resolution: int = Field(default=384)
+
+    @model_validator(mode="after")
+    def _check_resolution(self) -> _CheckpointSpec:
+        try:
+            check_resolution(self.model_size, self.resolution)
+        except ValueError as exc:
+            raise _FieldError("resolution", str(exc)) from None
+        return self
+
+
+class EvaluateSpec(_CheckpointSpec):
+    """COCO bbox AP of a checkpoint on one split of a dataset."""
+
+    dataset: str = Field(min_length=1)
+    split: Literal["train", "valid", "test"] = "valid"
+    backend: Backend = "torch"
+    eval_backend: Literal["pycocotools", "faster"] = "pycocotools"
+    num_threads: int | None = Field(default=None, ge=1, le=256)
+
+
+class BenchmarkSpec(_CheckpointSpec):
+    """Latency of a checkpoint on a named hardware target (filled in from the target's profile)."""
+
+    target: str = Field(min_length=1)
+    target_resources: dict[str, float] = Field(default_factory=dict)
+    backend: Backend = "torch"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    batch_size: int = Field(default=1, ge=1, le=256)
+    warmup: int = Field(default=5, ge=0, le=10_000)
+    runs: int = Field(default=50, ge=1, le=100_000)
+    inter_run_sleep_ms: float = Field(default=0.0, ge=0, le=60_000)
+    num_threads: int | None = Field(default=None, ge=1, le=256)
+    dataset: str | None = Field(
+        default=None, description="Images to time (its split); default: synthetic images."
+    )
+    split: Literal["train", "valid", "test"] = "valid"
+    evaluate: bool = Field(default=False, description="Also measure AP on the split (A/B).")

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["ApiKey", "Job", "JobState", "Role"]
+__all__ = ["ApiKey", "BenchmarkRecord", "HardwareTarget", "Job", "JobState", "Role"]
 
 
 class JobState(StrEnum):
@@ -124,3 +124,71 @@ class ApiKey:
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareTarget:
+    """A named hardware profile a benchmark runs on.
+
+    ``resources`` is the Ray resource request of ONE benchmark task: Ray schedules the task onto a
+    node that offers it (e.g. ``{"accelerator_type:T4": 0.001, "GPU": 1.0}``), which is what makes
+    the benchmark run on that hardware.
+    """
+
+    name: str
+    description: str
+    resources: dict[str, float]
+    backend: str
+    precision: str
+    batch_size: int
+    num_threads: int | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BenchmarkRecord:
+    """One measured latency of one checkpoint on one hardware target: an append-only fact.
+
+    The target's name, resources, backend and precision are copied in, so a record stays
+    meaningful after its target is changed or deleted. ``p*_ms``/``mean_ms``/``std_ms``/``min_ms``/
+    ``max_ms`` time the forward pass alone; ``e2e_*`` time decode + preprocess + forward +
+    postprocess of one batch. ``environment`` holds the version pins (detrforge, rfdetr, torch,
+    torchvision, onnxruntime, python, os, cpu_model, cpu_count, cuda, cudnn, driver, gpu_name,
+    gpu_memory_mb, ...) as JSON scalars.
+    """
+
+    id: str
+    job_id: str
+    created_at: datetime
+    model_name: str | None
+    model_version: int | None
+    checkpoint_uri: str
+    checkpoint_sha256: str
+    model_size: str
+    target: str
+    target_resources: dict[str, float]
+    node_id: str | None
+    backend: str
+    precision: str
+    resolution: int
+    batch_size: int
+    warmup: int
+    runs: int
+    threads: int | None
+    device: str | None
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    e2e_p50_ms: float | None
+    e2e_p95_ms: float | None
+    e2e_p99_ms: float | None
+    images_per_s: float
+    environment: dict[str, Any]
+    mlflow_run_id: str | None
+    dataset_fingerprint: str | None

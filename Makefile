@@ -1,0 +1,36 @@
+# detrforge: `make demo` runs the whole loop on this machine, `make test` is what CI runs.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: venv demo test test-fast lint serve clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: venv
+	VENV=$(VENV) bash infra/demo.sh
+
+serve: venv
+	$(VENV)/bin/detrforge serve
+
+test: venv
+	$(PY) -m pytest -q -ra
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not ray and not slow"
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy src
+
+clean:
+	rm -rf .detrforge demo-data

@@ -1,0 +1,99 @@
+"""Evaluation and benchmark jobs: submit, list, show."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query
+
+from detrforge.api.deps import Operator, ServicesDep, Viewer
+from detrforge.api.schemas import JobPublic, JobsPublic
+from detrforge.platform.specs import BenchmarkSpec, EvaluateSpec
+from detrforge.registry.entities import JobState
+
+router = APIRouter(prefix="/api/v1", tags=["evaluation"])
+
+
+def _body_schema(model: Any) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    schema["properties"]["job_id"] = {
+        "type": "string",
+        "description": "A SUCCEEDED fine-tune job whose model to use instead of `checkpoint`.",
+    }
+    schema["required"] = [r for r in schema.get("required", []) if r != "checkpoint"]
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+@router.post(
+    "/evaluations",
+    response_model=JobPublic,
+    status_code=201,
+    openapi_extra=_body_schema(EvaluateSpec),
+)
+def submit_evaluation(
+    body: Annotated[Any, Body()], services: ServicesDep, key: Operator
+) -> JobPublic:
+    """Evaluate a checkpoint (or a fine-tune job's model) on a COCO split: bbox AP, per class."""
+    return JobPublic.of(services.jobs.submit_evaluation(body, principal=key))
+
+
+@router.post(
+    "/benchmarks",
+    response_model=JobPublic,
+    status_code=201,
+    openapi_extra=_body_schema(BenchmarkSpec),
+)
+def submit_benchmark(
+    body: Annotated[Any, Body()], services: ServicesDep, key: Operator
+) -> JobPublic:
+    """Measure a checkpoint's latency on a named hardware target (its node, its backend)."""
+    return JobPublic.of(services.jobs.submit_benchmark(body, principal=key))
+
+
+def _list(services: Any, kind: str, state: JobState | None, limit: int, offset: int) -> JobsPublic:
+    jobs, total = services.jobs.jobs.list(state=state, kind=kind, limit=limit, offset=offset)
+    return JobsPublic(
+        items=[JobPublic.of(j) for j in jobs], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get("/evaluations", response_model=JobsPublic)
+def list_evaluations(
+    services: ServicesDep,
+    _: Viewer,
+    state: JobState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobsPublic:
+    """Evaluation jobs, newest first."""
+    return _list(services, "evaluate", state, limit, offset)
+
+
+@router.get("/benchmarks", response_model=JobsPublic)
+def list_benchmarks(
+    services: ServicesDep,
+    _: Viewer,
+    state: JobState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobsPublic:
+    """Benchmark jobs, newest first."""
+    return _list(services, "benchmark", state, limit, offset)
+
+
+@router.get("/evaluations/{job_id}", response_model=JobPublic)
+def get_evaluation(job_id: str, services: ServicesDep, _: Viewer) -> JobPublic:
+    """One evaluation: state and, once done, the 12 COCO stats under `metrics`."""
+    return JobPublic.of(services.jobs.reconcile(job_id))
+
+
+@router.get("/benchmarks/{job_id}", response_model=JobPublic)
+def get_benchmark(job_id: str, services: ServicesDep, _: Viewer) -> JobPublic:
+    """One benchmark job: state and, once done, latency figures under `metrics`."""
+    return JobPublic.of(services.jobs.reconcile(job_id))
+
+
+@router.get("/evaluations/{job_id}/result")
+def evaluation_result(job_id: str, services: ServicesDep, _: Viewer) -> dict[str, Any]:
+    """The 12 COCO bbox stats, the per-class table and the eval set's fingerprint."""
+    return services.jobs.evaluation_result(job_id)

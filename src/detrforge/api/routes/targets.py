@@ -1,0 +1,91 @@
+"""Hardware targets (named benchmark profiles) and the append-only benchmark history."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse
+
+from detrforge.api.deps import Approver, ServicesDep, Viewer
+from detrforge.api.schemas import (
+    BenchmarkRecordsPublic,
+    TargetCreate,
+    TargetPublic,
+    TargetsPublic,
+    TargetUpdate,
+)
+
+router = APIRouter(prefix="/api/v1", tags=["benchmarks"])
+
+
+@router.post("/hardware-targets", response_model=TargetPublic, status_code=201)
+def create_target(body: TargetCreate, services: ServicesDep, key: Approver) -> TargetPublic:
+    """Define a hardware target: Ray resources + backend + precision + batch size."""
+    target = services.targets.create(**body.model_dump(), created_by=key.principal)
+    return TargetPublic.model_validate(target, from_attributes=True)
+
+
+@router.get("/hardware-targets", response_model=TargetsPublic)
+def list_targets(services: ServicesDep, _: Viewer) -> TargetsPublic:
+    """Every hardware target."""
+    items = [TargetPublic.model_validate(t, from_attributes=True) for t in services.targets.list()]
+    return TargetsPublic(items=items)
+
+
+@router.get("/hardware-targets/{name}", response_model=TargetPublic)
+def get_target(name: str, services: ServicesDep, _: Viewer) -> TargetPublic:
+    """One hardware target."""
+    return TargetPublic.model_validate(services.targets.get(name), from_attributes=True)
+
+
+@router.patch("/hardware-targets/{name}", response_model=TargetPublic)
+def update_target(
+    name: str, body: TargetUpdate, services: ServicesDep, _: Approver
+) -> TargetPublic:
+    """Change a target; history rows keep the profile they ran with."""
+    target = services.targets.update(name, **body.model_dump(exclude_unset=True))
+    return TargetPublic.model_validate(target, from_attributes=True)
+
+
+@router.delete("/hardware-targets/{name}", status_code=204)
+def delete_target(name: str, services: ServicesDep, _: Approver) -> None:
+    """Delete a target (its benchmark history stays)."""
+    services.targets.delete(name)
+
+
+@router.get("/benchmark-records", response_model=None)
+def list_benchmark_records(
+    services: ServicesDep,
+    _: Viewer,
+    checkpoint_sha256: str | None = None,
+    model_name: str | None = None,
+    target: str | None = None,
+    backend: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",  # noqa: A002
+) -> Any:
+    """The append-only benchmark history, newest first; ``format=csv`` exports it."""
+    records, total = services.benchmarks.list(
+        checkpoint_sha256=checkpoint_sha256,
+        model_name=model_name,
+        target=target,
+        backend=backend,
+        since=since,
+        until=until,
+        limit=limit,
+        offset=offset,
+    )
+    if format == "csv":
+        return PlainTextResponse(services.benchmarks.to_csv(records), media_type="text/csv")
+    return BenchmarkRecordsPublic.of(records, total=total, limit=limit, offset=offset)
+
+
+@router.get("/benchmark-records/summary")
+def benchmark_summary(services: ServicesDep, _: Viewer) -> dict[str, Any]:
+    """Per checkpoint x target x backend: count, latest/min/max p95, library versions seen."""
+    return {"items": services.benchmarks.summary()}

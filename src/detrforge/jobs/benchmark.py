@@ -1,0 +1,153 @@
+"""The benchmark job: latency of a checkpoint on a named hardware target.
+
+The measurement runs as a Ray task that asks for the target's resources, so Ray places it on a
+node that has that hardware ("on-hardware"). A target no node offers fails at once. Results go to
+the job's MLflow run: ``latency_ms/*`` (end to end), ``model_ms/*`` (forward only), throughput,
+the environment pins as tags, and the raw samples plus the whole record as artifacts, from which
+the API appends one row to the benchmark history.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from detrforge.jobs.driver import JobContext, check_resources, run_driver
+from detrforge.jobs.evaluate import local_checkpoint, make_predictor
+from detrforge.platform.specs import BenchmarkSpec
+
+__all__ = ["benchmark_task", "bench_images", "main"]
+
+SYNTHETIC_IMAGES = 8
+
+
+def bench_images(
+    dataset: Path | None, split: str, resolution: int, *, limit: int = 16
+) -> list[Any]:
+    """The images to time: the split's first ``limit`` images, or seeded synthetic ones."""
+    import numpy as np
+    from PIL import Image
+
+    if dataset is not None:
+        data = json.loads((dataset / split / "_annotations.coco.json").read_text())
+        entries = sorted(data["images"], key=lambda e: int(e["id"]))[:limit]
+        return [Image.open(dataset / split / e["file_name"]).convert("RGB") for e in entries]
+    rng = np.random.default_rng(0)
+    return [
+        Image.fromarray(rng.integers(0, 255, (resolution, resolution, 3), dtype=np.uint8))
+        for _ in range(SYNTHETIC_IMAGES)
+    ]
+
+
+def benchmark_task(spec_data: dict[str, Any], artifact_root: str, job_id: str) -> dict[str, Any]:
+    """Runs on the target's node: load, (export), time, capture the environment."""
+    import ray
+
+    from detrforge.platform.data import fingerprint_dataset
+    from detrforge.platform.environment import capture_environment
+    from detrforge.platform.inference import evaluate_checkpoint
+    from detrforge.platform.latency import measure_latency
+    from detrforge.platform.storage import fetch_local, open_store, sha256_file
+
+    spec = BenchmarkSpec.model_validate(spec_data)
+    cache = Path(tempfile.gettempdir()) / "detrforge-cache"
+    with tempfile.TemporaryDirectory(prefix="detrforge-bench-") as tmp:
+        checkpoint = local_checkpoint(spec.checkpoint, spec.checkpoint_sha256, cache)
+        checkpoint_sha = spec.checkpoint_sha256 or sha256_file(checkpoint)
+        dataset = Path(fetch_local(spec.dataset, cache)) if spec.dataset else None
+        predictor, onnx_path = make_predictor(
+            spec.backend,
+            checkpoint,
+            spec.model_size,
+            spec.resolution,
+            threads=spec.num_threads,
+            workdir=Path(tmp),
+        )
+        export = None
+        if onnx_path is not None:
+            stored = open_store(artifact_root).put_file(
+                onnx_path, f"exports/{checkpoint_sha[:16]}/{spec.resolution}/model.onnx"
+            )
+            export = {"uri": stored.uri, "sha256": stored.sha256, "size": stored.size}
+        images = bench_images(dataset, spec.split, spec.resolution)
+        report = measure_latency(
+            predictor,
+            images,
+            warmup=spec.warmup,
+            runs=spec.runs,
+            batch_size=spec.batch_size,
+            inter_run_sleep_ms=spec.inter_run_sleep_ms,
+        )
+        fingerprint = fingerprint_dataset(dataset, splits=(spec.split,)) if dataset else None
+        ap = None
+        if spec.evaluate and dataset is not None:
+            ap = evaluate_checkpoint(predictor, dataset, spec.split).stats
+    env = capture_environment(
+        backend=spec.backend,
+        precision=spec.precision,
+        checkpoint_sha256=checkpoint_sha,
+        dataset_fingerprint=fingerprint,
+    )
+    return {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "checkpoint_sha256": checkpoint_sha,
+        "model_only": report.model_only.to_dict(),
+        "end_to_end": report.end_to_end.to_dict(),
+        "images_per_s": report.images_per_s,
+        "threads": report.threads,
+        "device": report.device,
+        "samples_model_ms": report.samples_model_ms,
+        "samples_e2e_ms": report.samples_e2e_ms,
+        "environment": env,
+        "dataset_fingerprint": fingerprint,
+        "export": export,
+        "ap": ap,
+    }
+
+
+def _body(ctx: JobContext) -> dict[str, str]:
+    import ray
+
+    spec = BenchmarkSpec.model_validate(ctx.spec)
+    wanted = {"CPU": float(spec.num_threads or 1), **spec.target_resources}
+    check_resources(wanted, field="target")
+    task = ray.remote(
+        num_cpus=spec.num_threads or 1,
+        resources={k: v for k, v in spec.target_resources.items() if k not in ("CPU", "GPU")},
+        num_gpus=spec.target_resources.get("GPU", 0),
+    )(benchmark_task)
+    out = ray.get(task.remote(spec.model_dump(mode="json"), ctx.artifact_root, ctx.job_id))
+    e2e, model = out["end_to_end"], out["model_only"]
+    metrics = {f"latency_ms/{k}": float(e2e[k]) for k in ("p50", "p95", "p99", "mean", "std")}
+    metrics.update({f"model_ms/{k}": float(model[k]) for k in ("p50", "p95", "p99", "mean")})
+    metrics["throughput/img_s"] = float(out["images_per_s"])
+    if out["ap"]:
+        metrics.update({k: v for k, v in out["ap"].items() if v is not None})
+    ctx.tracker.log_metrics(ctx.run_id, metrics, step=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = Path(tmp) / "samples.json"
+        samples.write_text(
+            json.dumps({"model_ms": out["samples_model_ms"], "e2e_ms": out["samples_e2e_ms"]})
+        )
+        record = Path(tmp) / "record.json"
+        record.write_text(json.dumps({k: v for k, v in out.items() if not k.startswith("samples")}))
+        ctx.tracker.log_artifact(ctx.run_id, samples, "benchmark")
+        ctx.tracker.log_artifact(ctx.run_id, record, "benchmark")
+    tags = {f"detrforge.env.{k}": str(v) for k, v in out["environment"].items() if v is not None}
+    tags["detrforge.node_id"] = out["node_id"]
+    tags["detrforge.target"] = spec.target
+    if out["export"]:
+        tags["detrforge.onnx_uri"] = out["export"]["uri"]
+        tags["detrforge.onnx_sha256"] = out["export"]["sha256"]
+    return tags
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_driver("benchmark", _body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""What every job driver shares: its MLflow run, its failure record, its exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from detrforge.platform.errors import DetrforgeError, ResourceUnavailableError
+from detrforge.platform.settings import Settings
+from detrforge.platform.tracking import Tracker
+
+__all__ = ["JobContext", "check_resources", "run_driver"]
+
+
+class JobContext:
+    """A running job's identity and tracking, handed to the job's body."""
+
+    def __init__(self, *, job_id: str, kind: str, spec: dict[str, Any], settings: Settings) -> None:
+        self.job_id = job_id
+        self.kind = kind
+        self.spec = spec
+        self.settings = settings
+        self.artifact_root = settings.resolved_artifact_root()
+        self.tracking_uri = settings.resolved_tracking_uri()
+        self.tracker = Tracker(self.tracking_uri, artifact_root=self.artifact_root)
+        self.run_id = ""
+
+
+def check_resources(wanted: dict[str, float], *, field: str) -> None:
+    """Fail fast when no alive node offers ``wanted`` (Ray would otherwise wait forever)."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if any(all(n.get("Resources", {}).get(k, 0.0) >= v for k, v in wanted.items()) for n in nodes):
+        return
+    offered = sorted(
+        {k for n in nodes for k in n.get("Resources", {}) if not k.startswith("node:")}
+    )
+    raise ResourceUnavailableError(
+        f"no node in the cluster offers {wanted}; the cluster has {offered}. Add a node with "
+        "that hardware or pick another target.",
+        field=field,
+    )
+
+
+def run_driver(
+    kind: str, body: Callable[[JobContext], dict[str, str]], argv: list[str] | None = None
+) -> int:
+    """Parse ``--job-id/--spec``, open the job's MLflow run, run ``body``, record the outcome.
+
+    ``body`` returns extra tags for the run. Exit code 0 on success, 1 on failure; the reason is
+    the run's ``detrforge.error`` tag, which the API reconciles into the job.
+    """
+    parser = argparse.ArgumentParser(prog=f"detrforge.jobs.{kind}")
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--spec", required=True, help="the job's spec as JSON")
+    parser.add_argument("--dataset-fingerprint", default="")
+    args = parser.parse_args(argv)
+
+    import ray
+
+    ctx = JobContext(job_id=args.job_id, kind=kind, spec=json.loads(args.spec), settings=Settings())
+    ctx.run_id = ctx.tracker.start_job_run(
+        args.job_id,
+        run_name=f"{kind}-{args.job_id}",
+        params=ctx.spec,
+        tags={
+            "detrforge.kind": kind,
+            "detrforge.dataset_fingerprint": args.dataset_fingerprint,
+            "detrforge.ray_job_id": os.environ.get("RAY_JOB_SUBMISSION_ID", ""),
+        },
+    )
+    print(f"detrforge: job {args.job_id} MLflow run {ctx.run_id}", flush=True)
+    try:
+        ray.init(log_to_driver=True)
+        tags = body(ctx)
+    except BaseException as exc:  # noqa: BLE001 - a failed job records why, whatever it was
+        message = exc.message if isinstance(exc, DetrforgeError) else f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        ctx.tracker.set_tags(ctx.run_id, {"detrforge.error": message[:5000]})
+        ctx.tracker.end_run(ctx.run_id, "FAILED")
+        print(f"detrforge: job {args.job_id} FAILED: {message}", file=sys.stderr, flush=True)
+        return 1
+    ctx.tracker.set_tags(ctx.run_id, tags)
+    ctx.tracker.end_run(ctx.run_id, "FINISHED")
+    print(f"detrforge: job {args.job_id} SUCCEEDED", flush=True)
+    return 0

@@ -1,0 +1,165 @@
+"""ONNX export through rfdetr's exporter: the file, parity with torch eager, and AP parity.
+
+Tolerances (measured on this repo's CPU with the untrained ``nano_checkpoint`` at 128 px):
+raw outputs on a seeded N(0, 1) input differ by ~6e-8 in normalised boxes and ~5e-6 in logits;
+decoded detections by ~1.5e-5 px in boxes and ~1e-6 in scores, with identical labels and order.
+The asserted bounds leave ~100x headroom for other CPUs' kernels: raw boxes and logits < 1e-4,
+detection boxes < 1e-2 px, scores < 1e-4; AP within 0.005 (AP units 0..1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from detrforge.platform.errors import InvalidSpecError
+from detrforge.platform.evaluation import STAT_NAMES
+from detrforge.platform.export import DEFAULT_OPSET, compare_outputs, export_onnx
+from detrforge.platform.inference import (
+    OnnxPredictor,
+    TorchPredictor,
+    evaluate_checkpoint,
+    label2cat_for,
+)
+from detrforge.platform.storage import sha256_file
+
+RES = 128
+NUM_CLASSES = 2
+RAW_TOLERANCE = 1e-4
+BOX_TOLERANCE_PX = 1e-2
+SCORE_TOLERANCE = 1e-4
+AP_TOLERANCE = 0.005
+
+
+@pytest.fixture(scope="module")
+def torch_predictor(nano_checkpoint: Path) -> TorchPredictor:
+    return TorchPredictor(nano_checkpoint, "nano", RES)
+
+
+@pytest.fixture(scope="module")
+def onnx_predictor(nano_onnx: Any) -> OnnxPredictor:
+    return OnnxPredictor(nano_onnx.path, RES, num_threads=2)
+
+
+def _images(split_dir: Path) -> list[tuple[int, Image.Image]]:
+    doc = json.loads((split_dir / "_annotations.coco.json").read_text())
+    out = []
+    for entry in sorted(doc["images"], key=lambda e: e["id"]):
+        with Image.open(split_dir / entry["file_name"]) as image:
+            out.append((int(entry["id"]), image.convert("RGB")))
+    return out
+
+
+def test_export_writes_rfdetrs_graph(nano_onnx: Any) -> None:
+    assert nano_onnx.path.is_file()
+    assert nano_onnx.sha256 == sha256_file(nano_onnx.path)
+    assert nano_onnx.size_bytes == nano_onnx.path.stat().st_size > 10_000_000
+    assert nano_onnx.opset == DEFAULT_OPSET == 17
+    assert nano_onnx.export_seconds > 0
+    model = onnx.load(str(nano_onnx.path))
+    dims = {
+        value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
+        for value in [*model.graph.input, *model.graph.output]
+    }
+    assert dims == {
+        "input": [1, 3, RES, RES],
+        "dets": [1, 50, 4],
+        "labels": [1, 50, NUM_CLASSES + 1],
+    }
+    assert not list(nano_onnx.path.parent.glob(".export-*")), "staging folder left behind"
+
+
+def test_raw_outputs_match_torch(nano_checkpoint: Path, nano_onnx: Any) -> None:
+    diffs = compare_outputs(nano_checkpoint, nano_onnx.path, "nano", RES, seed=0)
+    assert set(diffs) == {"max_abs_diff_boxes", "max_abs_diff_logits"}
+    assert 0.0 <= diffs["max_abs_diff_boxes"] < RAW_TOLERANCE
+    assert 0.0 <= diffs["max_abs_diff_logits"] < RAW_TOLERANCE
+
+
+def test_detections_match_torch(
+    torch_predictor: TorchPredictor, onnx_predictor: OnnxPredictor, shapes_dataset: Path
+) -> None:
+    assert onnx_predictor.threads == 2 and onnx_predictor.device == "cpu"
+    images = [image for _, image in _images(shapes_dataset / "valid")]
+    images.append(images[0].resize((200, 90)))
+    eager = torch_predictor.predict(images)
+    ort = onnx_predictor.predict(images)  # a batch of 7 through a batch-1 graph
+    for a, b in zip(eager, ort, strict=True):
+        assert len(a) == len(b) == 100
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_allclose(a.boxes_xyxy, b.boxes_xyxy, rtol=0, atol=BOX_TOLERANCE_PX)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=SCORE_TOLERANCE)
+
+
+def _pseudo_labelled(dataset: Path, out: Path, predictor: TorchPredictor) -> Path:
+    """A copy of ``dataset`` whose valid ground truth is the eager model's top 3 real detections.
+
+    The untrained model scores AP 0 on the true shapes, which would make an AP comparison vacuous;
+    against its own best guesses eager AP is high but not 1 (lower-ranked duplicates and other
+    classes compete), so a drift in ONNX boxes, scores or order would move it.
+    """
+    shutil.copytree(dataset, out)
+    path = out / "valid" / "_annotations.coco.json"
+    doc = json.loads(path.read_text())
+    label2cat = label2cat_for(out)
+    annotations = []
+    for image_id, image in _images(out / "valid"):
+        det = predictor.predict([image])[0]
+        real = det.labels < NUM_CLASSES
+        for (x1, y1, x2, y2), label in list(
+            zip(det.boxes_xyxy[real].tolist(), det.labels[real].tolist(), strict=True)
+        )[:3]:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": label2cat[label],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
+    doc["annotations"] = annotations
+    path.write_text(json.dumps(doc))
+    return out
+
+
+def test_onnx_ap_matches_eager(
+    torch_predictor: TorchPredictor,
+    onnx_predictor: OnnxPredictor,
+    shapes_dataset: Path,
+    tmp_path: Path,
+) -> None:
+    pseudo = _pseudo_labelled(shapes_dataset, tmp_path / "pseudo", torch_predictor)
+    eager = evaluate_checkpoint(torch_predictor, pseudo, "valid")
+    ort = evaluate_checkpoint(onnx_predictor, pseudo, "valid")
+    assert 0.3 < eager.stats["bbox/AP"] < 1.0, "the comparison must not be vacuous"
+    assert abs(ort.stats["bbox/AP"] - eager.stats["bbox/AP"]) <= AP_TOLERANCE
+    for name in STAT_NAMES:
+        a, b = eager.stats[name], ort.stats[name]
+        assert (math.isnan(a) and math.isnan(b)) or abs(a - b) <= AP_TOLERANCE, name
+
+    # And on the real shapes, where both score (near) zero.
+    eager_real = evaluate_checkpoint(torch_predictor, shapes_dataset, "valid")
+    ort_real = evaluate_checkpoint(onnx_predictor, shapes_dataset, "valid")
+    assert abs(ort_real.stats["bbox/AP"] - eager_real.stats["bbox/AP"]) <= AP_TOLERANCE
+
+
+def test_bad_export_requests(nano_checkpoint: Path, nano_onnx: Any, tmp_path: Path) -> None:
+    with pytest.raises(InvalidSpecError, match="opset 16") as info:
+        export_onnx(nano_checkpoint, "nano", RES, tmp_path / "m.onnx", opset=13)
+    assert info.value.field == "opset"
+    with pytest.raises(InvalidSpecError, match=r"\.onnx"):
+        export_onnx(nano_checkpoint, "nano", RES, tmp_path / "m.bin")
+    with pytest.raises(InvalidSpecError, match="not \\[B, 3, 192, 192\\]"):
+        OnnxPredictor(nano_onnx.path, 192)
+    with pytest.raises(InvalidSpecError, match="not in this onnxruntime build"):
+        OnnxPredictor(nano_onnx.path, RES, providers=["NoSuchExecutionProvider"])
