@@ -139,13 +139,13 @@ def test_finetune_with_s3_artifacts(
 def test_killed_worker_resumes_from_checkpoint(
     cluster_api: ApiHarness, synth_ds: DatasetInfo, ray_head: LocalRayHead
 ) -> None:
-    spec = {**TINY_SPEC, "dataset": synth_ds.root, "epochs": 4, "max_failures": 2}
+    spec = {**TINY_SPEC, "dataset": synth_ds.root, "epochs": 5, "max_failures": 2}
     job_id = cluster_api.submit(spec).json()["id"]
     tracker = _tracker(cluster_api)
 
     def checkpointed() -> bool:
         run_id = cluster_api.job(job_id)["mlflow_run_id"]
-        return bool(run_id and tracker.history(run_id, "checkpoint/epoch"))
+        return bool(run_id and len(tracker.history(run_id, "checkpoint/epoch")) >= 2)
 
     wait_until(checkpointed, timeout_s=300)
     victims = train_worker_pids(ray_head)
@@ -156,11 +156,13 @@ def test_killed_worker_resumes_from_checkpoint(
     assert job["state"] == "SUCCEEDED", job.get("error")
     run_id = job["mlflow_run_id"]
     starts = [v for _, v in tracker.history(run_id, "attempt/start_epoch")]
+    resumed = [v for _, v in tracker.history(run_id, "attempt/resumed")]
+    assert resumed == [0.0, 1.0], f"Ray handed the restarted group no checkpoint: {resumed}"
     assert starts[0] == 0 and len(starts) == 2, starts
     assert starts[1] >= 1, f"the restarted worker group began at epoch {starts[1]}, not resumed"
     epochs = [step for step, _ in tracker.history(run_id, "train/loss")]
     assert epochs.count(0) == 1, f"epoch 0 ran again after the failure: {epochs}"
-    assert max(epochs) == 3
+    assert max(epochs) == 4
 
 
 def test_cancel_stops_job_and_workers(

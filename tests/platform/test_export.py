@@ -2,9 +2,10 @@
 
 Tolerances (measured on this repo's CPU with the untrained ``nano_checkpoint`` at 128 px):
 raw outputs on a seeded N(0, 1) input differ by ~6e-8 in normalised boxes and ~5e-6 in logits;
-decoded detections by ~1.5e-5 px in boxes and ~1e-6 in scores, with identical labels and order.
-The asserted bounds leave ~100x headroom for other CPUs' kernels: raw boxes and logits < 1e-4,
-detection boxes < 1e-2 px, scores < 1e-4; AP within 0.005 (AP units 0..1).
+decoded detections by ~1.5e-5 px in boxes and ~8e-7 in scores, with identical labels and order;
+AP on pseudo-labels 0.8645 for both. The bounds leave headroom for other CPUs' kernels (the H100
+machine's Xeon with ORT 1.30 passed too): raw boxes and logits < 1e-4 (logits: ~20x the measured
+diff), detection boxes < 1e-2 px, scores < 1e-4; AP within 0.005 (AP units 0..1).
 """
 
 from __future__ import annotations

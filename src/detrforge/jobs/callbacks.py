@@ -68,8 +68,11 @@ class DetrforgeCallback(pl.Callback):
         tracker: Tracker | None,
         world_size: int,
         checkpoint_dir: Path,
+        resumed: bool = False,
     ) -> None:
         super().__init__()
+        self.resumed = resumed
+        self._attempt_logged = False
         self.spec = spec
         self.run_id = run_id
         self.tracker = tracker
@@ -86,15 +89,20 @@ class DetrforgeCallback(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_started = time.monotonic()
         self._steps_at_start = trainer.global_step
-        if self.tracker is not None:
+        self._attempt_logged = False
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.tracker is not None and not self._attempt_logged:
             # One point per worker-group start: [0] for a clean run, [0, k] after resuming at k.
             self.tracker.log_metrics(
                 self.run_id,
-                {"attempt/start_epoch": trainer.current_epoch},
+                {
+                    "attempt/start_epoch": trainer.current_epoch,
+                    "attempt/resumed": float(self.resumed),
+                },
                 step=trainer.global_step,
             )
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            self._attempt_logged = True
         self._epoch_started = time.monotonic()
         self._images = 0
         self._set_encoder_frozen(pl_module, trainer.current_epoch < self.spec.freeze_encoder_epochs)
@@ -162,9 +170,11 @@ class DetrforgeCallback(pl.Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
+        # Plain lists/tuples/tensors only: Lightning restores with torch.load(weights_only=True).
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
         checkpoint["detrforge_rng"] = {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": (str(kind), [int(k) for k in keys], int(pos), int(has_gauss), float(cached)),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -176,7 +186,8 @@ class DetrforgeCallback(pl.Callback):
         if not state:
             return
         random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(state["torch"])
         if state["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])

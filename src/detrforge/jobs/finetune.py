@@ -74,7 +74,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0
         else None
     )
+    checkpoint = ray.train.get_checkpoint()
     callback = DetrforgeCallback(
+        resumed=checkpoint is not None,
         spec=spec,
         run_id=config["run_id"],
         tracker=tracker,
@@ -94,7 +96,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     trainer.callbacks.append(callback)
     trainer = prepare_trainer(trainer)
 
-    checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         trainer.fit(parts.module, datamodule=parts.datamodule)
     else:

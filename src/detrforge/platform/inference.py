@@ -166,11 +166,13 @@ def _resize_taps(
     in_size: int, out_size: int
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """Half-pixel bilinear taps as torch computes them: both source indices, second weight."""
-    src = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
-    src = np.maximum(src, 0.0)
-    first = np.minimum(np.floor(src).astype(np.intp), in_size - 1)
+    # In float32, like torch's kernel: float64 positions would differ from it by up to ~1e-4.
+    half = np.float32(0.5)
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = np.maximum(scale * (np.arange(out_size, dtype=np.float32) + half) - half, np.float32(0))
+    first = np.minimum(src.astype(np.intp), in_size - 1)
     second = np.minimum(first + 1, in_size - 1)
-    weight = np.clip(src - first, 0.0, 1.0).astype(np.float32)
+    weight = np.clip(src - first.astype(np.float32), np.float32(0), np.float32(1))
     return first, second, weight
 
 
@@ -193,8 +195,10 @@ def preprocess_images_numpy(
         y0, y1, wy = _resize_taps(pixels.shape[0], resolution)
         x0, x1, wx = _resize_taps(pixels.shape[1], resolution)
         wy, wx = wy[:, None, None], wx[None, :, None]
-        rows = pixels[y0] * (1 - wy) + pixels[y1] * wy
-        resized = rows[:, x0] * (1 - wx) + rows[:, x1] * wx
+        # Horizontal pass first, then vertical: torch's order of operations.
+        left, right = pixels[:, x0], pixels[:, x1]
+        across = left * (1 - wx) + right * wx
+        resized = across[y0] * (1 - wy) + across[y1] * wy
         out[n] = ((resized - mean) / std).transpose(2, 0, 1)
     return out
 

@@ -61,9 +61,14 @@ def build_detector(
     return _detector_class(size)(**kwargs)
 
 
-def load_detector(size: str, checkpoint: Path, *, resolution: int | None = None) -> Any:
-    """Load a trained ``.pth`` (rfdetr's ``{model, args}`` format) for inference."""
-    return build_detector(size, weights=checkpoint, resolution=resolution)
+def load_detector(size: str, checkpoint: Path, *, resolution: int) -> Any:
+    """Load a trained ``.pth`` (rfdetr's ``{model, args}`` format) for inference.
+
+    The architecture (queries, groups, classes) is read from the checkpoint itself.
+    """
+    from detrforge.platform.inference import load_inference_detector
+
+    return load_inference_detector(checkpoint, size, resolution)
 
 
 @dataclass
