@@ -32,9 +32,10 @@ def drop_periodic_checkpoints(trainer: pl.Trainer) -> None:
     from pytorch_lightning.callbacks import ModelCheckpoint
     from rfdetr.training.callbacks import BestModelCallback
 
-    trainer.callbacks[:] = [
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]
+    callbacks[:] = [
         cb
-        for cb in trainer.callbacks
+        for cb in callbacks
         if not isinstance(cb, ModelCheckpoint) or isinstance(cb, BestModelCallback)
     ]
 

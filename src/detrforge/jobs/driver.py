@@ -35,7 +35,7 @@ def check_resources(wanted: dict[str, float], *, field: str) -> None:
     """Fail fast when no alive node offers ``wanted`` (Ray would otherwise wait forever)."""
     import ray
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
     if any(all(n.get("Resources", {}).get(k, 0.0) >= v for k, v in wanted.items()) for n in nodes):
         return
     offered = sorted(

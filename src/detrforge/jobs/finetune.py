@@ -20,7 +20,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from detrforge.platform.errors import DetrforgeError, ResourceUnavailableError
+from detrforge.jobs.driver import check_resources
+from detrforge.platform.errors import DetrforgeError
 from detrforge.platform.settings import Settings
 from detrforge.platform.specs import FinetuneSpec
 from detrforge.platform.tracking import Tracker
@@ -88,12 +89,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         parts.detector.model_config,
         accelerator=accelerator,
         devices="auto",
-        strategy=RayDDPStrategy(find_unused_parameters=True),
-        plugins=[RayLightningEnvironment()],
+        strategy=RayDDPStrategy(find_unused_parameters=True),  # type: ignore[no-untyped-call]
+        plugins=[RayLightningEnvironment()],  # type: ignore[no-untyped-call]
         enable_model_summary=False,
     )
     drop_periodic_checkpoints(trainer)
-    trainer.callbacks.append(callback)
+    trainer.callbacks.append(callback)  # type: ignore[attr-defined]
     trainer = prepare_trainer(trainer)
 
     if checkpoint is None:
@@ -139,24 +140,10 @@ def _publish_best_model(
 
 def check_schedulable(spec: FinetuneSpec) -> None:
     """Fail fast when no node could ever host one worker (Ray would wait forever)."""
-    import ray
-
     wanted = dict(spec.resources_per_worker)
     if spec.use_gpu:
         wanted.setdefault("GPU", 1.0)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    fits = [
-        n for n in nodes if all(n.get("Resources", {}).get(k, 0.0) >= v for k, v in wanted.items())
-    ]
-    if not fits:
-        offered = sorted(
-            {k for n in nodes for k in n.get("Resources", {}) if not k.startswith("node:")}
-        )
-        raise ResourceUnavailableError(
-            f"no node in the cluster offers {wanted} for one worker; the cluster has {offered}. "
-            "Lower resources_per_worker, set use_gpu=false, or add a node with that hardware.",
-            field="resources_per_worker",
-        )
+    check_resources(wanted, field="resources_per_worker")
 
 
 def _ray_storage_path(artifact_root: str) -> str:

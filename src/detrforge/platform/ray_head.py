@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    cluster.shutdown()
+    cluster.shutdown()  # type: ignore[no-untyped-call]
     return 0
 
 

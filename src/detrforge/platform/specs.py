@@ -163,8 +163,9 @@ def parse_spec(cls: type[_Spec], data: Any) -> Any:
                 message = message.removeprefix("Value error, ")
             details.append({"field": field, "message": message})
         first = details[0]
-        field, message = first["field"], first["message"]
-        text = f"{field}: {message}" if field and not message.startswith(field) else message
+        name, text = first["field"], str(first["message"])
+        if name and not text.startswith(name):
+            text = f"{name}: {text}"
         raise InvalidSpecError(text, field=first["field"], details=details) from None
 
 

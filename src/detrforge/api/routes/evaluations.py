@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body
 
 from detrforge.api.deps import Operator, ServicesDep, Viewer
+from detrforge.api.pagination import JobPage, jobs_page
 from detrforge.api.schemas import JobPublic, JobsPublic
 from detrforge.platform.specs import BenchmarkSpec, EvaluateSpec
-from detrforge.registry.entities import JobState
 
 router = APIRouter(prefix="/api/v1", tags=["evaluation"])
 
@@ -50,35 +50,16 @@ def submit_benchmark(
     return JobPublic.of(services.jobs.submit_benchmark(body, principal=key))
 
 
-def _list(services: Any, kind: str, state: JobState | None, limit: int, offset: int) -> JobsPublic:
-    jobs, total = services.jobs.jobs.list(state=state, kind=kind, limit=limit, offset=offset)
-    return JobsPublic(
-        items=[JobPublic.of(j) for j in jobs], total=total, limit=limit, offset=offset
-    )
-
-
 @router.get("/evaluations", response_model=JobsPublic)
-def list_evaluations(
-    services: ServicesDep,
-    _: Viewer,
-    state: JobState | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> JobsPublic:
+def list_evaluations(services: ServicesDep, _: Viewer, page: JobPage) -> JobsPublic:
     """Evaluation jobs, newest first."""
-    return _list(services, "evaluate", state, limit, offset)
+    return jobs_page(services, "evaluate", page)
 
 
 @router.get("/benchmarks", response_model=JobsPublic)
-def list_benchmarks(
-    services: ServicesDep,
-    _: Viewer,
-    state: JobState | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> JobsPublic:
+def list_benchmarks(services: ServicesDep, _: Viewer, page: JobPage) -> JobsPublic:
     """Benchmark jobs, newest first."""
-    return _list(services, "benchmark", state, limit, offset)
+    return jobs_page(services, "benchmark", page)
 
 
 @router.get("/evaluations/{job_id}", response_model=JobPublic)

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Body, Query
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from detrforge.api.deps import Operator, ServicesDep, Viewer
+from detrforge.api.pagination import JobPage, jobs_page
 from detrforge.api.schemas import JobPublic, JobsPublic
 from detrforge.platform.specs import FinetuneSpec
-from detrforge.registry.entities import JobState
 
 router = APIRouter(prefix="/api/v1/finetune-jobs", tags=["finetune"])
 
@@ -31,18 +31,9 @@ def submit_finetune(
 
 
 @router.get("", response_model=JobsPublic)
-def list_finetune_jobs(
-    services: ServicesDep,
-    _: Viewer,
-    state: JobState | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> JobsPublic:
+def list_finetune_jobs(services: ServicesDep, _: Viewer, page: JobPage) -> JobsPublic:
     """Fine-tune jobs, newest first, optionally filtered by state."""
-    jobs, total = services.jobs.jobs.list(state=state, kind="finetune", limit=limit, offset=offset)
-    return JobsPublic(
-        items=[JobPublic.of(j) for j in jobs], total=total, limit=limit, offset=offset
-    )
+    return jobs_page(services, "finetune", page)
 
 
 @router.get("/{job_id}", response_model=JobPublic)

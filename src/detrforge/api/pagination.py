@@ -1,0 +1,42 @@
+"""The one way job lists are filtered and paged: ``?state=&limit=&offset=``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Query
+
+from detrforge.api.deps import Services
+from detrforge.api.schemas import JobPublic, JobsPublic
+from detrforge.registry.entities import JobState
+
+__all__ = ["JobPage", "JobPageParams", "jobs_page"]
+
+
+@dataclass(frozen=True)
+class JobPageParams:
+    state: JobState | None
+    limit: int
+    offset: int
+
+
+def _params(
+    state: JobState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobPageParams:
+    return JobPageParams(state=state, limit=limit, offset=offset)
+
+
+JobPage = Annotated[JobPageParams, Depends(_params)]
+
+
+def jobs_page(services: Services, kind: str, page: JobPageParams) -> JobsPublic:
+    """Jobs of ``kind``, newest first, as one page with the total."""
+    jobs, total = services.jobs.jobs.list(
+        state=page.state, kind=kind, limit=page.limit, offset=page.offset
+    )
+    return JobsPublic(
+        items=[JobPublic.of(j) for j in jobs], total=total, limit=page.limit, offset=page.offset
+    )
