@@ -298,8 +298,13 @@ def _print_job(job: dict[str, Any]) -> None:
     typer.echo(f"  checkpoint:  {job.get('checkpoint_uri')}")
     typer.echo(f"  model:       {job.get('model_uri')}")
     typer.echo(f"  sha256:      {job.get('model_sha256')}")
-    ap = (job.get("metrics") or {}).get("bbox/AP")
-    typer.echo(f"  val bbox/AP: {ap if ap is not None else 'n/a'}")
+    metrics = job.get("metrics") or {}
+    best, last = metrics.get("best/bbox/AP"), metrics.get("bbox/AP")
+    if best is not None:
+        epoch = int(metrics.get("best/epoch", 0)) + 1
+        typer.echo(f"  val bbox/AP: {best:.4f} (the model's epoch {epoch}; last epoch {last:.4f})")
+    else:
+        typer.echo(f"  val bbox/AP: {last if last is not None else 'n/a'}")
     if job.get("error"):
         typer.echo(f"  error:       {job['error']}")
 

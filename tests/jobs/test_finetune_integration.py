@@ -60,6 +60,8 @@ def _check_finished_job(api: ApiHarness, job: dict[str, Any], tmp_path: Path) ->
         assert [step for step, _ in tracker.history(run.info.run_id, key)] == [0, 1], key
     assert all(v > 0 for _, v in tracker.history(run.info.run_id, "throughput/img_s"))
     assert 0.0 <= job["metrics"]["bbox/AP"] <= 1.0
+    ap_by_epoch = [v for _, v in tracker.history(run.info.run_id, "bbox/AP")]
+    assert job["metrics"]["best/bbox/AP"] == max(ap_by_epoch)
     assert job["progress"]["total_steps"] == job["progress"]["step"]
     # The model artifact in MLflow is byte-identical to what the API reports.
     assert "model/checkpoint_best_total.pth" in tracker.list_artifacts(run.info.run_id, "model")

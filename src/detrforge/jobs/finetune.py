@@ -128,6 +128,11 @@ def _publish_best_model(
         return
     stored = store.put_file(best, f"jobs/{job_id}/model/{BEST_MODEL_FILE}")
     tracker.log_artifact(run_id, best, "model")
+    # rfdetr keeps the epoch with the best validation AP (live or EMA weights, as bbox/AP is).
+    history = tracker.history(run_id, "bbox/AP")
+    if history:
+        best_epoch, best_ap = max(history, key=lambda point: point[1])
+        tracker.log_metrics(run_id, {"best/bbox/AP": best_ap, "best/epoch": best_epoch}, step=0)
     tracker.set_tags(
         run_id,
         {
