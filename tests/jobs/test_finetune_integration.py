@@ -87,6 +87,13 @@ def test_finetune_two_workers_file_artifacts(
         f"/api/v1/finetune-jobs/{job['id']}/logs", params={"tail": 5}, headers=cluster_api.headers()
     )
     assert f"job {job['id']} SUCCEEDED" in logs.text
+    streamed = cluster_api.client.get(
+        f"/api/v1/finetune-jobs/{job['id']}/logs",
+        params={"follow": "true"},
+        headers=cluster_api.headers(),
+    )
+    assert streamed.status_code == 200
+    assert f"job {job['id']} SUCCEEDED" in streamed.text
     assert train_worker_pids(ray_head) == []
 
     # The trained model, evaluated twice with pycocotools by job id: finite, identical, per class.

@@ -86,6 +86,12 @@ def list_benchmark_records(
 
 
 @router.get("/benchmark-records/summary")
-def benchmark_summary(services: ServicesDep, _: Viewer) -> dict[str, Any]:
-    """Per checkpoint x target x backend: count, latest/min/max p95, library versions seen."""
-    return {"items": services.benchmarks.summary()}
+def benchmark_summary(
+    services: ServicesDep,
+    _: Viewer,
+    group_by: Annotated[str, Query(pattern="^(checkpoint_sha256|model_name)$")] = (
+        "checkpoint_sha256"
+    ),
+) -> dict[str, Any]:
+    """Per checkpoint (or model) x target x backend: count, p95 latest/min/max, versions seen."""
+    return {"items": services.benchmarks.summary(group_by=group_by)}
