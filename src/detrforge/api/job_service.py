@@ -22,9 +22,8 @@ from detrforge.platform.errors import (
     DetrforgeError,
     InvalidSpecError,
     NotFoundError,
-    ResourceUnavailableError,
 )
-from detrforge.platform.launcher import Launcher
+from detrforge.platform.launcher import Launcher, require_resources
 from detrforge.platform.specs import BenchmarkSpec, EvaluateSpec, FinetuneSpec, parse_spec
 from detrforge.platform.storage import fetch_local, open_store
 from detrforge.platform.tracking import Tracker
@@ -159,8 +158,11 @@ class JobService:
                 f"precision {spec.precision} is not measured yet; use fp32", field="precision"
             )
         self._check_checkpoint(spec.checkpoint)
-        self._check_target_exists(
-            target.name, {"CPU": float(spec.num_threads or 1), **spec.target_resources}
+        require_resources(
+            self.launcher.node_resources(),
+            {"CPU": float(spec.num_threads or 1), **spec.target_resources},
+            what=f"hardware target {target.name!r}",
+            field="target",
         )
         fingerprint = self.intake_dataset(spec.dataset).fingerprint if spec.dataset else None
         return self._submit("benchmark", spec, principal=principal, fingerprint=fingerprint)
@@ -172,17 +174,6 @@ class JobService:
             uri
         ):
             raise NotFoundError(f"checkpoint {uri} does not exist", field="checkpoint")
-
-    def _check_target_exists(self, name: str, wanted: dict[str, float]) -> None:
-        nodes = self.launcher.node_resources()
-        if any(all(n.get(k, 0.0) >= v for k, v in wanted.items()) for n in nodes):
-            return
-        offered = sorted({k for n in nodes for k in n if not k.startswith("node:")})
-        raise ResourceUnavailableError(
-            f"no node in the cluster has hardware target {name!r} ({wanted}); the cluster offers "
-            f"{offered}. Add a node with that resource or pick another target.",
-            field="target",
-        )
 
     # -- cancel ---------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> Job:

@@ -113,7 +113,7 @@ def _body(ctx: JobContext) -> dict[str, str]:
 
     spec = BenchmarkSpec.model_validate(ctx.spec)
     wanted = {"CPU": float(spec.num_threads or 1), **spec.target_resources}
-    check_resources(wanted, field="target")
+    check_resources(wanted, what=f"hardware target {spec.target!r}", field="target")
     task = ray.remote(
         num_cpus=spec.num_threads or 1,
         resources={k: v for k, v in spec.target_resources.items() if k not in ("CPU", "GPU")},

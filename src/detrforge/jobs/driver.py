@@ -10,7 +10,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from detrforge.platform.errors import DetrforgeError, ResourceUnavailableError
+from detrforge.platform.errors import DetrforgeError
+from detrforge.platform.launcher import require_resources
 from detrforge.platform.settings import Settings
 from detrforge.platform.tracking import Tracker
 
@@ -31,21 +32,12 @@ class JobContext:
         self.run_id = ""
 
 
-def check_resources(wanted: dict[str, float], *, field: str) -> None:
+def check_resources(wanted: dict[str, float], *, what: str, field: str) -> None:
     """Fail fast when no alive node offers ``wanted`` (Ray would otherwise wait forever)."""
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
-    if any(all(n.get("Resources", {}).get(k, 0.0) >= v for k, v in wanted.items()) for n in nodes):
-        return
-    offered = sorted(
-        {k for n in nodes for k in n.get("Resources", {}) if not k.startswith("node:")}
-    )
-    raise ResourceUnavailableError(
-        f"no node in the cluster offers {wanted}; the cluster has {offered}. Add a node with "
-        "that hardware or pick another target.",
-        field=field,
-    )
+    require_resources([n.get("Resources", {}) for n in nodes], wanted, what=what, field=field)
 
 
 def run_driver(
@@ -83,7 +75,9 @@ def run_driver(
         message = exc.message if isinstance(exc, DetrforgeError) else f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
         ctx.tracker.set_tags(ctx.run_id, {"detrforge.error": message[:5000]})
-        ctx.tracker.end_run(ctx.run_id, "FAILED")
+        ctx.tracker.end_run(
+            ctx.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        )
         print(f"detrforge: job {args.job_id} FAILED: {message}", file=sys.stderr, flush=True)
         return 1
     ctx.tracker.set_tags(ctx.run_id, tags)

@@ -9,20 +9,14 @@ NCCL on GPU. Rank 0 logs metrics to MLflow, checkpoints go to the artifact store
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import shutil
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-from detrforge.jobs.driver import check_resources
-from detrforge.platform.errors import DetrforgeError
-from detrforge.platform.settings import Settings
+from detrforge.jobs.driver import JobContext, check_resources, run_driver
 from detrforge.platform.specs import FinetuneSpec
 from detrforge.platform.tracking import Tracker
 
@@ -148,7 +142,7 @@ def check_schedulable(spec: FinetuneSpec) -> None:
     wanted = dict(spec.resources_per_worker)
     if spec.use_gpu:
         wanted.setdefault("GPU", 1.0)
-    check_resources(wanted, field="resources_per_worker")
+    check_resources(wanted, what="one training worker", field="resources_per_worker")
 
 
 def _ray_storage_path(artifact_root: str) -> str:
@@ -197,62 +191,33 @@ def build_trainer(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Job driver entrypoint; exit code 0 on success, 1 on failure (reason in the MLflow run)."""
-    parser = argparse.ArgumentParser(prog="detrforge.jobs.finetune")
-    parser.add_argument("--job-id", required=True)
-    parser.add_argument("--spec", required=True, help="FinetuneSpec as JSON")
-    parser.add_argument("--dataset-fingerprint", default="")
-    args = parser.parse_args(argv)
-
-    import ray
-
-    settings = Settings()
-    spec = FinetuneSpec.model_validate(json.loads(args.spec))
-    artifact_root = settings.resolved_artifact_root()
-    tracking_uri = settings.resolved_tracking_uri()
-    tracker = Tracker(tracking_uri, artifact_root=artifact_root)
-    run_id = tracker.start_job_run(
-        args.job_id,
-        run_name=f"finetune-{args.job_id}",
-        params=spec.model_dump(mode="json"),
-        tags={
-            "detrforge.kind": "finetune",
-            "detrforge.dataset_fingerprint": args.dataset_fingerprint,
-            "detrforge.ray_job_id": os.environ.get("RAY_JOB_SUBMISSION_ID", ""),
-        },
-    )
-    print(f"detrforge: job {args.job_id} MLflow run {run_id}", flush=True)
-    workdir = Path(tempfile.gettempdir()) / "detrforge-jobs" / args.job_id
+def _run(ctx: JobContext) -> dict[str, str]:
+    """The driver's body: check placement, fit, clean the local scratch."""
+    spec = FinetuneSpec.model_validate(ctx.spec)
+    workdir = Path(tempfile.gettempdir()) / "detrforge-jobs" / ctx.job_id
     started = time.monotonic()
     try:
-        ray.init(log_to_driver=True)
         check_schedulable(spec)
         trainer = build_trainer(
             spec,
-            job_id=args.job_id,
-            run_id=run_id,
-            tracking_uri=tracking_uri,
-            artifact_root=artifact_root,
+            job_id=ctx.job_id,
+            run_id=ctx.run_id,
+            tracking_uri=ctx.tracking_uri,
+            artifact_root=ctx.artifact_root,
             workdir=workdir,
         )
         result = trainer.fit()
         if result.error is not None:
             raise result.error
-    except BaseException as exc:  # noqa: BLE001 - a failed job records why, whatever it was
-        message = exc.message if isinstance(exc, DetrforgeError) else f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-        tracker.set_tags(run_id, {"detrforge.error": message[:5000]})
-        tracker.end_run(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        print(f"detrforge: job {args.job_id} FAILED: {message}", file=sys.stderr, flush=True)
-        return 1
     finally:
         # Local scratch only; checkpoints and the model already live in the artifact store.
         shutil.rmtree(workdir, ignore_errors=True)
-    tracker.set_tags(run_id, {"detrforge.wall_s": f"{time.monotonic() - started:.1f}"})
-    tracker.end_run(run_id, "FINISHED")
-    print(f"detrforge: job {args.job_id} SUCCEEDED", flush=True)
-    return 0
+    return {"detrforge.wall_s": f"{time.monotonic() - started:.1f}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Job driver entrypoint; exit code 0 on success, 1 on failure (reason in the MLflow run)."""
+    return run_driver("finetune", _run, argv)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,26 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from detrforge.platform.errors import ClusterError, NotFoundError
+from detrforge.platform.errors import ClusterError, NotFoundError, ResourceUnavailableError
 
-__all__ = ["JobStatus", "Launcher"]
+__all__ = ["JobStatus", "Launcher", "require_resources"]
+
+
+def require_resources(
+    nodes: list[dict[str, float]], wanted: dict[str, float], *, what: str, field: str
+) -> None:
+    """Raise unless one node in ``nodes`` (each its total resources) offers all of ``wanted``.
+
+    Ray would leave a request no node can satisfy pending forever; we refuse it at once.
+    """
+    if any(all(n.get(k, 0.0) >= v for k, v in wanted.items()) for n in nodes):
+        return
+    offered = sorted({k for n in nodes for k in n if not k.startswith("node:")})
+    raise ResourceUnavailableError(
+        f"no node in the cluster offers {what} ({wanted}); the cluster has {offered}. Add a "
+        "node with that hardware, or ask for less.",
+        field=field,
+    )
 
 
 @dataclass(frozen=True)
