@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The embedded default end to end: serve (API + local Ray head + SQLite + MLflow store + file
-# artifacts under DETRFORGE_HOME), a synthetic dataset, a 2-worker fine-tune over REST with live
-# progress, then the job's state, MLflow run, best checkpoint URI + sha256 and validation AP.
+# The whole loop on the embedded default: serve (API + local Ray head + SQLite + MLflow store +
+# file artifacts under DETRFORGE_HOME), a synthetic dataset, two 2-worker fine-tunes over REST,
+# both registered, gated promotions (AP on the pinned eval set + p95 on the CPU target), a gate
+# refusing the worse candidate, a rollback, then the audit trail and the benchmark history.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -10,6 +11,7 @@ export DETRFORGE_HOME=${DETRFORGE_HOME:-$PWD/.detrforge}
 export MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1
 PORT=${DETRFORGE_PORT:-8321}
 EPOCHS=${DEMO_EPOCHS:-10}
+SHORT_EPOCHS=${DEMO_SHORT_EPOCHS:-2}
 mkdir -p "$DETRFORGE_HOME"
 
 if ! curl -sf "http://127.0.0.1:$PORT/health" >/dev/null; then
@@ -30,9 +32,45 @@ if [ ! -d "$DATA" ]; then
 fi
 "$DF" data validate "$DATA"
 
-echo "== fine-tuning RF-DETR Nano at 128 px on 2 Ray workers for $EPOCHS epochs"
-"$DF" finetune submit --dataset "$DATA" --model-size nano --resolution 128 \
-  --epochs "$EPOCHS" --batch-size 4 --lr 5e-4 --num-queries 50 --group-detr 1 \
-  --num-workers 2 --wait
+finetune() {  # $1 epochs; prints the job id
+  "$DF" finetune submit --dataset "$DATA" --model-size nano --resolution 128 \
+    --epochs "$1" --batch-size 4 --lr 5e-4 --num-queries 50 --group-detr 1 \
+    --num-workers 2 --wait >&2
+  "$DF" finetune list --limit 1 | awk 'NR == 1 {print $1}'  # awk reads all: no SIGPIPE
+}
+echo "== fine-tune A: RF-DETR Nano, 128 px, 2 Ray workers, $SHORT_EPOCHS epochs"
+JOB_A=$(finetune "$SHORT_EPOCHS")
+echo "== fine-tune B: the same for $EPOCHS epochs"
+JOB_B=$(finetune "$EPOCHS")
+
+MODEL=demo-shapes-$(date +%s)
+echo "== registry: model $MODEL, CPU target, gate policy (AP drop <= 0.02, p95 ratio <= 1.5)"
+"$DF" models create "$MODEL" --description "make demo"
+"$DF" bench targets list | grep -q '^cpu-local ' || \
+  "$DF" bench targets create cpu-local --resources '{"CPU": 1}' --num-threads 1 \
+    --description "this machine, 1 thread"
+"$DF" policy set "$MODEL" --eval-dataset "$DATA" --max-ap-drop 0.02 \
+  --target cpu-local:ratio=1.5 --benchmark-runs 20 --reason "demo policy"
+"$DF" versions register "$MODEL" --job "$JOB_A" --description "short training"
+"$DF" versions register "$MODEL" --job "$JOB_B" --description "longer training"
+
+echo "== promote v1 (A) to production: first version, gates measure it"
+"$DF" promote "$MODEL" 1 --to production --reason "first release" --wait
+echo "== promote v2 (B) to production: compared with v1 on the same eval set and target"
+if "$DF" promote "$MODEL" 2 --to production --reason "longer training" --wait; then
+  echo "== promote v1 again: now the worse candidate, the AP gate must refuse it"
+  "$DF" promote "$MODEL" 1 --to production --reason "demo: worse candidate" --wait \
+    && echo "!! the gate let a worse candidate through" || echo "== refused, as it should be"
+else
+  echo "== v2 was refused (see the gate above): v1 stays in production"
+fi
+echo "== rollback: production returns to the previous production version, no gates"
+"$DF" rollback "$MODEL" --reason "demo: emergency lever" || true
+"$DF" models show "$MODEL"
+echo "== audit trail of $MODEL"
+"$DF" audit "$MODEL"
+echo "== benchmark history (cpu-local)"
+"$DF" bench history --target cpu-local --limit 10
 echo "== MLflow UI: $VENV/bin/mlflow ui --backend-store-uri sqlite:///$DETRFORGE_HOME/mlflow.db"
+echo "   (registered model $MODEL carries the aliases 'production' and 'staging')"
 echo "== stop everything: pkill -f 'detrforge serve'; $DF cluster down"

@@ -22,6 +22,7 @@ from detrforge.platform.db import (
 from detrforge.registry.benchmarks import BenchmarkStore
 from detrforge.registry.jobs import JobStore
 from detrforge.registry.keys import KeyStore
+from detrforge.registry.models import ModelRegistry
 from detrforge.registry.targets import TargetStore
 
 POSTGRES_URL_VARIABLE = "DETRFORGE_TEST_DATABASE_URL"
@@ -87,3 +88,8 @@ def target_store(session_factory: sessionmaker[Session]) -> TargetStore:
 @pytest.fixture
 def benchmark_store(session_factory: sessionmaker[Session]) -> BenchmarkStore:
     return BenchmarkStore(session_factory)
+
+
+@pytest.fixture
+def model_registry(session_factory: sessionmaker[Session]) -> ModelRegistry:
+    return ModelRegistry(session_factory)

@@ -560,5 +560,15 @@ def targets_list() -> None:
         typer.echo(f"{t['name']:<16} {t['backend']:<11} {t['precision']} {t['resources']}")
 
 
+# The registry commands live in their own module; it imports ApiClient from this one.
+from detrforge import cli_registry  # noqa: E402
+
+cli_registry.install(app)
+
+# The sweep commands too (`detrforge sweep ...`).
+from detrforge import cli_sweep  # noqa: E402
+
+cli_sweep.install(app)
+
 if __name__ == "__main__":
     app()

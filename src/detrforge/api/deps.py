@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
 from detrforge.api.job_service import JobService
+from detrforge.api.registry_service import RegistryService
+from detrforge.api.sweep_service import SweepService
 from detrforge.platform.errors import PermissionDeniedError, UnauthenticatedError
 from detrforge.platform.settings import Settings
 from detrforge.registry.benchmarks import BenchmarkStore
@@ -20,6 +22,7 @@ __all__ = [
     "Admin",
     "Approver",
     "Operator",
+    "RequestId",
     "Services",
     "ServicesDep",
     "Viewer",
@@ -36,14 +39,28 @@ class Services:
     jobs: JobService
     targets: TargetStore
     benchmarks: BenchmarkStore
+    models: RegistryService
+    # Built from ``jobs``, so every constructor of Services gets it.
+    sweeps: SweepService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sweeps = SweepService(self.jobs)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_request_id(request: Request) -> str:
+    """The request's id (``X-Request-ID`` if the client sent one): audit rows carry it."""
+    return str(request.state.request_id)
+
+
+RequestId = Annotated[str, Depends(get_request_id)]
 
 
 def requires(role: Role) -> Callable[..., ApiKey]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from detrforge.platform.launcher import Launcher, require_resources
 from detrforge.platform.specs import BenchmarkSpec, EvaluateSpec, FinetuneSpec, parse_spec
 from detrforge.platform.storage import fetch_local, open_store
 from detrforge.platform.tracking import Tracker
-from detrforge.registry.entities import ApiKey, Job, JobState
+from detrforge.registry.entities import Job, JobState, Principal
 from detrforge.registry.jobs import JobStore
 
 __all__ = ["FINETUNE_MODULE", "JobService"]
@@ -39,6 +39,7 @@ MODULES = {
     "finetune": FINETUNE_MODULE,
     "evaluate": "detrforge.jobs.evaluate",
     "benchmark": "detrforge.jobs.benchmark",
+    "sweep": "detrforge.jobs.sweep",
 }
 
 _RAY_TO_STATE = {
@@ -69,6 +70,9 @@ class JobService:
     schedule_timeout_s: float = 600.0
     targets: Any = None  # registry.targets.TargetStore
     benchmarks: Any = None  # registry.benchmarks.BenchmarkStore
+    # kind -> called once a job of that kind SUCCEEDS, before the row turns terminal (so a
+    # failing hook is retried on the next reconcile); must be idempotent.
+    succeeded_hooks: dict[str, Callable[[Job, str | None], None]] = field(default_factory=dict)
 
     # -- intake + submit ----------------------------------------------------------------------
     def intake_dataset(self, uri: str) -> DatasetInfo:
@@ -76,7 +80,7 @@ class JobService:
         local = fetch_local(uri, self.cache_dir / "datasets")
         return require_valid_dataset(Path(local))
 
-    def submit_finetune(self, body: Any, *, principal: ApiKey) -> Job:
+    def submit_finetune(self, body: Any, *, principal: Principal) -> Job:
         """Validate ``body`` and the dataset, record the job, then submit it to Ray."""
         spec: FinetuneSpec = parse_spec(FinetuneSpec, body)
         if spec.pretrain_weights and not spec.pretrain_weights.startswith("s3://"):
@@ -89,7 +93,9 @@ class JobService:
         info = self.intake_dataset(spec.dataset)
         return self._submit("finetune", spec, principal=principal, fingerprint=info.fingerprint)
 
-    def _submit(self, kind: str, spec: Any, *, principal: ApiKey, fingerprint: str | None) -> Job:
+    def _submit(
+        self, kind: str, spec: Any, *, principal: Principal, fingerprint: str | None
+    ) -> Job:
         """Record the job, then submit it; a refused submission fails the job, loses nothing."""
         job = self.jobs.create(
             kind=kind,
@@ -128,7 +134,7 @@ class JobService:
         body.setdefault("resolution", job.spec.get("resolution"))
         return body
 
-    def submit_evaluation(self, body: Any, *, principal: ApiKey) -> Job:
+    def submit_evaluation(self, body: Any, *, principal: Principal) -> Job:
         """COCO AP of a checkpoint (or a fine-tune job's model) on a dataset split."""
         if not isinstance(body, dict):
             raise InvalidSpecError("the body must be a JSON object", field=None)
@@ -137,7 +143,7 @@ class JobService:
         info = self.intake_dataset(spec.dataset)
         return self._submit("evaluate", spec, principal=principal, fingerprint=info.fingerprint)
 
-    def submit_benchmark(self, body: Any, *, principal: ApiKey) -> Job:
+    def submit_benchmark(self, body: Any, *, principal: Principal) -> Job:
         """Latency of a checkpoint on a named target; refused at once if no node has it."""
         if not isinstance(body, dict):
             raise InvalidSpecError("the body must be a JSON object", field=None)
@@ -217,6 +223,8 @@ class JobService:
             fields["finished_at"] = _now()
         if state == JobState.SUCCEEDED and job.kind == "benchmark":
             self._record_benchmark(job, fields.get("mlflow_run_id"))
+        elif state == JobState.SUCCEEDED and job.kind in self.succeeded_hooks:
+            self.succeeded_hooks[job.kind](job, fields.get("mlflow_run_id"))
         elif state == JobState.RUNNING and self._unschedulable(job, fields):
             self.launcher.stop(job.ray_submission_id)
             state = JobState.FAILED
@@ -270,6 +278,8 @@ class JobService:
                 "environment": out["environment"],
                 "mlflow_run_id": run_id,
                 "dataset_fingerprint": out["dataset_fingerprint"],
+                "model_name": spec.model_name,
+                "model_version": spec.model_version,
             }
         )
 

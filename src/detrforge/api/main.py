@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -14,7 +17,10 @@ from detrforge import __version__
 from detrforge.api.deps import Services
 from detrforge.api.errors import install_error_handlers
 from detrforge.api.job_service import JobService
+from detrforge.api.registry_service import RegistryService
 from detrforge.api.routes import evaluations, finetune, health, keys
+from detrforge.api.routes import models as model_routes
+from detrforge.api.routes import sweeps as sweep_routes
 from detrforge.api.routes import targets as target_routes
 from detrforge.platform.cluster import ray_client_env
 from detrforge.platform.db import make_engine, make_session_factory, upgrade_database
@@ -24,6 +30,7 @@ from detrforge.platform.tracking import Tracker
 from detrforge.registry.benchmarks import BenchmarkStore
 from detrforge.registry.jobs import JobStore
 from detrforge.registry.keys import KeyStore
+from detrforge.registry.models import ModelRegistry
 from detrforge.registry.targets import TargetStore
 
 __all__ = ["build_services", "create_app", "job_env"]
@@ -67,15 +74,24 @@ def build_services(settings: Settings) -> Services:
     launcher = Launcher(settings.resolved_ray_address(), env=job_env(settings))
     targets = TargetStore(sessions)
     benchmarks = BenchmarkStore(sessions)
+    tracker = Tracker(settings.resolved_tracking_uri(), artifact_root=artifact_root)
     jobs = JobService(
         jobs=JobStore(sessions),
         targets=targets,
         benchmarks=benchmarks,
         launcher=launcher,
-        tracker=Tracker(settings.resolved_tracking_uri(), artifact_root=artifact_root),
+        tracker=tracker,
         artifact_root=artifact_root,
         cache_dir=settings.resolved_home() / "cache",
         schedule_timeout_s=settings.schedule_timeout_s,
+    )
+    models = RegistryService(
+        registry=ModelRegistry(sessions),
+        jobs=jobs,
+        benchmarks=benchmarks,
+        tracker=tracker,
+        cache_dir=settings.resolved_home() / "cache",
+        failpoints=frozenset(f for f in settings.failpoints.split(",") if f),
     )
     return Services(
         settings=settings,
@@ -83,6 +99,7 @@ def build_services(settings: Settings) -> Services:
         jobs=jobs,
         targets=targets,
         benchmarks=benchmarks,
+        models=models,
     )
 
 
@@ -93,6 +110,47 @@ def _reconcile_forever(services: Services, stop: threading.Event) -> None:
         except Exception:  # noqa: BLE001 - the loop must survive a flaky cluster or tracker
             log.exception("reconcile pass failed")
         stop.wait(services.settings.reconcile_interval_s)
+
+
+def _promote_forever(services: Services, stop: threading.Event) -> None:
+    """Advance active promotions: woken by a new request, else every reconcile interval."""
+    while not stop.is_set():
+        try:
+            services.models.advance_all()
+        except Exception:  # noqa: BLE001 - the loop must survive a flaky cluster or tracker
+            log.exception("promotion pass failed")
+        services.models.wake.wait(services.settings.reconcile_interval_s)
+        services.models.wake.clear()
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+class RequestIdMiddleware:
+    """Give every request an id (the client's ``X-Request-ID`` when sane) and echo it back.
+
+    Plain ASGI rather than ``@app.middleware``: Starlette's ``BaseHTTPMiddleware`` costs a task
+    and a stream per request, measurable on the hot read path (``bench/registry_load.py``).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
@@ -106,12 +164,18 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         worker = threading.Thread(
             target=_reconcile_forever, args=(services, stop), name="reconciler", daemon=True
         )
+        promoter = threading.Thread(
+            target=_promote_forever, args=(services, stop), name="promoter", daemon=True
+        )
         worker.start()
+        promoter.start()
         try:
             yield
         finally:
             stop.set()
+            services.models.wake.set()
             worker.join(timeout=10)
+            promoter.join(timeout=10)
 
     app = FastAPI(
         title="detrforge",
@@ -121,9 +185,13 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     )
     app.state.services = services
     install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+
     app.include_router(health.router)
     app.include_router(keys.router)
     app.include_router(finetune.router)
     app.include_router(evaluations.router)
     app.include_router(target_routes.router)
+    app.include_router(sweep_routes.router)
+    app.include_router(model_routes.router)
     return app

@@ -18,8 +18,15 @@ from typing import Any
 from detrforge.jobs.driver import JobContext, check_resources, run_driver
 from detrforge.jobs.evaluate import local_checkpoint, make_predictor
 from detrforge.platform.specs import BenchmarkSpec
+from detrforge.platform.tracking import Tracker
 
-__all__ = ["benchmark_task", "bench_images", "main"]
+__all__ = [
+    "bench_images",
+    "benchmark_task",
+    "log_benchmark_result",
+    "main",
+    "submit_benchmark_task",
+]
 
 SYNTHETIC_IMAGES = 8
 
@@ -108,25 +115,29 @@ def benchmark_task(spec_data: dict[str, Any], artifact_root: str, job_id: str) -
     }
 
 
-def _body(ctx: JobContext) -> dict[str, str]:
+def submit_benchmark_task(spec: BenchmarkSpec, artifact_root: str, job_id: str) -> Any:
+    """Start :func:`benchmark_task` on a node with the target's resources; its ``ObjectRef``."""
     import ray
 
-    spec = BenchmarkSpec.model_validate(ctx.spec)
-    wanted = {"CPU": float(spec.num_threads or 1), **spec.target_resources}
-    check_resources(wanted, what=f"hardware target {spec.target!r}", field="target")
     task = ray.remote(
         num_cpus=spec.num_threads or 1,
         resources={k: v for k, v in spec.target_resources.items() if k not in ("CPU", "GPU")},
         num_gpus=spec.target_resources.get("GPU", 0),
     )(benchmark_task)
-    out = ray.get(task.remote(spec.model_dump(mode="json"), ctx.artifact_root, ctx.job_id))
+    return task.remote(spec.model_dump(mode="json"), artifact_root, job_id)
+
+
+def log_benchmark_result(
+    tracker: Tracker, run_id: str, out: dict[str, Any], *, target: str
+) -> dict[str, str]:
+    """Log a :func:`benchmark_task` result to ``run_id``; returns the run's tags to set."""
     e2e, model = out["end_to_end"], out["model_only"]
     metrics = {f"latency_ms/{k}": float(e2e[k]) for k in ("p50", "p95", "p99", "mean", "std")}
     metrics.update({f"model_ms/{k}": float(model[k]) for k in ("p50", "p95", "p99", "mean")})
     metrics["throughput/img_s"] = float(out["images_per_s"])
     if out["ap"]:
         metrics.update({k: v for k, v in out["ap"].items() if v is not None})
-    ctx.tracker.log_metrics(ctx.run_id, metrics, step=0)
+    tracker.log_metrics(run_id, metrics, step=0)
     with tempfile.TemporaryDirectory() as tmp:
         samples = Path(tmp) / "samples.json"
         samples.write_text(
@@ -134,15 +145,25 @@ def _body(ctx: JobContext) -> dict[str, str]:
         )
         record = Path(tmp) / "record.json"
         record.write_text(json.dumps({k: v for k, v in out.items() if not k.startswith("samples")}))
-        ctx.tracker.log_artifact(ctx.run_id, samples, "benchmark")
-        ctx.tracker.log_artifact(ctx.run_id, record, "benchmark")
+        tracker.log_artifact(run_id, samples, "benchmark")
+        tracker.log_artifact(run_id, record, "benchmark")
     tags = {f"detrforge.env.{k}": str(v) for k, v in out["environment"].items() if v is not None}
     tags["detrforge.node_id"] = out["node_id"]
-    tags["detrforge.target"] = spec.target
+    tags["detrforge.target"] = target
     if out["export"]:
         tags["detrforge.onnx_uri"] = out["export"]["uri"]
         tags["detrforge.onnx_sha256"] = out["export"]["sha256"]
     return tags
+
+
+def _body(ctx: JobContext) -> dict[str, str]:
+    import ray
+
+    spec = BenchmarkSpec.model_validate(ctx.spec)
+    wanted = {"CPU": float(spec.num_threads or 1), **spec.target_resources}
+    check_resources(wanted, what=f"hardware target {spec.target!r}", field="target")
+    out = ray.get(submit_benchmark_task(spec, ctx.artifact_root, ctx.job_id))
+    return log_benchmark_result(ctx.tracker, ctx.run_id, out, target=spec.target)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "RawOutputs",
     "TorchPredictor",
     "evaluate_checkpoint",
+    "checkpoint_class_names",
     "label2cat_for",
     "load_inference_detector",
     "postprocess_numpy",
@@ -284,6 +285,19 @@ def _arch_value(data: Mapping[str, Any], key: str) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
+
+
+def checkpoint_class_names(checkpoint: Path) -> list[str]:
+    """The class names an rfdetr checkpoint records in its ``args`` (empty when it has none).
+
+    Raises:
+        InvalidSpecError: the file is not a readable RF-DETR checkpoint.
+    """
+    args = _read_checkpoint(Path(checkpoint)).get("args")
+    names = (
+        args.get("class_names") if isinstance(args, Mapping) else getattr(args, "class_names", None)
+    )
+    return [str(name) for name in names] if isinstance(names, list | tuple) else []
 
 
 def load_inference_detector(checkpoint: Path, size: str, resolution: int) -> Any:

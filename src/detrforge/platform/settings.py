@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = 2.0
     # A job whose workers cannot be placed within this time is failed, not left pending forever.
     schedule_timeout_s: float = 600.0
+    # Comma-separated failpoints for crash tests, e.g. "promotion.before_commit": the process
+    # exits at that point. Never set in production.
+    failpoints: str = ""
 
     def resolved_home(self) -> Path:
         """``home`` as an absolute path, created if missing."""

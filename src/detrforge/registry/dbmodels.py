@@ -9,27 +9,51 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Double, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from detrforge.platform.db import Base, UtcDateTime
 from detrforge.registry.entities import (
     ApiKey,
+    AuditEvent,
     BenchmarkRecord,
+    GateResult,
     HardwareTarget,
     Job,
     JobState,
+    ModelVersion,
+    Promotion,
+    PromotionState,
     Role,
+    Stage,
 )
 
 __all__ = [
+    "AUDIT_APPEND_ONLY_MESSAGE",
     "BENCHMARK_APPEND_ONLY_MESSAGE",
     "JSON_TYPE",
     "SqlApiKey",
+    "SqlAuditEvent",
     "SqlBenchmarkRecord",
+    "SqlGatePolicy",
+    "SqlGateResult",
     "SqlHardwareTarget",
     "SqlJob",
+    "SqlModelVersion",
+    "SqlPromotion",
+    "SqlRegisteredModel",
 ]
 
 # JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
@@ -220,4 +244,221 @@ class SqlBenchmarkRecord(Base):
             environment=dict(self.environment or {}),
             mlflow_run_id=self.mlflow_run_id,
             dataset_fingerprint=self.dataset_fingerprint,
+        )
+
+
+# What the database says when anything tries to change or remove an audit event (migration 0003).
+AUDIT_APPEND_ONLY_MESSAGE = "audit_events is append-only"
+
+
+class SqlRegisteredModel(Base):
+    __tablename__ = "registered_models"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    description: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Bumped by every write that must serialize per model: an UPDATE of this row is the portable
+    # row lock (PostgreSQL locks the row, SQLite takes its write lock) before reading stages.
+    lock_seq: Mapped[int] = mapped_column(BigInteger)
+
+
+class SqlGatePolicy(Base):
+    __tablename__ = "gate_policies"
+
+    model_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("registered_models.id", ondelete="CASCADE"), primary_key=True
+    )
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+    updated_by: Mapped[str] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class SqlModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        Index("uq_model_versions_model_id_version", "model_id", "version", unique=True),
+        # At most one production and one staging version per model, enforced by the database.
+        Index(
+            "uq_model_versions_one_production",
+            "model_id",
+            unique=True,
+            sqlite_where=text("stage = 'production'"),
+            postgresql_where=text("stage = 'production'"),
+        ),
+        Index(
+            "uq_model_versions_one_staging",
+            "model_id",
+            unique=True,
+            sqlite_where=text("stage = 'staging'"),
+            postgresql_where=text("stage = 'staging'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(32), ForeignKey("registered_models.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(16))
+    checkpoint_uri: Mapped[str] = mapped_column(Text)
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64))
+    checkpoint_bytes: Mapped[int] = mapped_column(BigInteger)
+    model_size: Mapped[str] = mapped_column(String(16))
+    resolution: Mapped[int] = mapped_column(Integer)
+    class_names: Mapped[list[str]] = mapped_column(JSON_TYPE)
+    dataset_fingerprint: Mapped[str | None] = mapped_column(String(128))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+    source_job_id: Mapped[str | None] = mapped_column(String(32))
+    source_trial_id: Mapped[str | None] = mapped_column(String(128))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    mlflow_version: Mapped[str | None] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    stage_changed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    replaced_version: Mapped[int | None] = mapped_column(Integer)
+
+    def to_entity(self, model_name: str) -> ModelVersion:
+        return ModelVersion(
+            id=self.id,
+            model_name=model_name,
+            version=self.version,
+            stage=Stage(self.stage),
+            checkpoint_uri=self.checkpoint_uri,
+            checkpoint_sha256=self.checkpoint_sha256,
+            checkpoint_bytes=self.checkpoint_bytes,
+            model_size=self.model_size,
+            resolution=self.resolution,
+            class_names=list(self.class_names or []),
+            dataset_fingerprint=self.dataset_fingerprint,
+            params=dict(self.params or {}),
+            source_job_id=self.source_job_id,
+            source_trial_id=self.source_trial_id,
+            mlflow_run_id=self.mlflow_run_id,
+            mlflow_version=self.mlflow_version,
+            description=self.description,
+            created_by=self.created_by,
+            created_at=self.created_at,
+            stage_changed_at=self.stage_changed_at,
+            replaced_version=self.replaced_version,
+        )
+
+
+class SqlPromotion(Base):
+    __tablename__ = "promotions"
+    __table_args__ = (
+        # One active promotion per model: concurrent requests serialize on this index.
+        Index(
+            "uq_promotions_one_active",
+            "model_id",
+            unique=True,
+            sqlite_where=text("state IN ('pending', 'running')"),
+            postgresql_where=text("state IN ('pending', 'running')"),
+        ),
+        Index("ix_promotions_model_id_created_at", "model_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(32), ForeignKey("registered_models.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    from_stage: Mapped[str] = mapped_column(String(16))
+    to_stage: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    baseline_version: Mapped[int | None] = mapped_column(Integer)
+    evidence: Mapped[list[dict[str, Any]]] = mapped_column(JSON_TYPE)
+    message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    def to_entity(self, model_name: str, gate_results: list[GateResult]) -> Promotion:
+        return Promotion(
+            id=self.id,
+            model_name=model_name,
+            version=self.version,
+            from_stage=Stage(self.from_stage),
+            to_stage=Stage(self.to_stage),
+            state=PromotionState(self.state),
+            actor=self.actor,
+            reason=self.reason,
+            request_id=self.request_id,
+            baseline_version=self.baseline_version,
+            evidence=list(self.evidence or []),
+            message=self.message,
+            gate_results=gate_results,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            finished_at=self.finished_at,
+        )
+
+
+class SqlGateResult(Base):
+    __tablename__ = "gate_results"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    promotion_id: Mapped[str] = mapped_column(String(32), ForeignKey("promotions.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    gate: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(63))
+    metric: Mapped[str] = mapped_column(String(64))
+    candidate: Mapped[float | None] = mapped_column(Double)
+    baseline: Mapped[float | None] = mapped_column(Double)
+    threshold: Mapped[float | None] = mapped_column(Double)
+    passed: Mapped[bool] = mapped_column(Boolean)
+    detail: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    def to_entity(self) -> GateResult:
+        return GateResult(
+            gate=self.gate,
+            target=self.target,
+            metric=self.metric,
+            candidate=self.candidate,
+            baseline=self.baseline,
+            threshold=self.threshold,
+            passed=self.passed,
+            detail=self.detail,
+            evidence=dict(self.evidence or {}),
+        )
+
+
+class SqlAuditEvent(Base):
+    """A row of the append-only audit log; triggers refuse UPDATE and DELETE (migration 0003)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_model_name_id", "model_name", "id"),
+        Index("ix_audit_events_request_id", "request_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str | None] = mapped_column(String(255))
+    version: Mapped[int | None] = mapped_column(Integer)
+    before: Mapped[str | None] = mapped_column(Text)
+    after: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+
+    def to_entity(self) -> AuditEvent:
+        return AuditEvent(
+            id=self.id,
+            at=self.at,
+            actor=self.actor,
+            action=self.action,
+            model_name=self.model_name,
+            version=self.version,
+            before=self.before,
+            after=self.after,
+            reason=self.reason,
+            request_id=self.request_id,
+            details=dict(self.details or {}),
         )

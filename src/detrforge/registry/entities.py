@@ -5,9 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["ApiKey", "BenchmarkRecord", "HardwareTarget", "Job", "JobState", "Role"]
+__all__ = [
+    "ApiKey",
+    "AuditEvent",
+    "BenchmarkRecord",
+    "GateResult",
+    "HardwareTarget",
+    "Job",
+    "JobState",
+    "ModelVersion",
+    "Promotion",
+    "Principal",
+    "PromotionState",
+    "RegisteredModel",
+    "Role",
+    "Stage",
+    "SystemPrincipal",
+]
 
 
 class JobState(StrEnum):
@@ -104,6 +120,24 @@ class Job:
         return self.state.is_terminal
 
 
+class Principal(Protocol):
+    """Whoever acts: an API key, or the platform itself (e.g. ``promotion:prm-...``)."""
+
+    @property
+    def principal(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SystemPrincipal:
+    """The platform acting on its own behalf, e.g. the jobs a promotion submits."""
+
+    name: str
+
+    @property
+    def principal(self) -> str:
+        return self.name
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     """An API key's record; the key itself is never stored, only its sha256 and a prefix."""
@@ -192,3 +226,136 @@ class BenchmarkRecord:
     environment: dict[str, Any]
     mlflow_run_id: str | None
     dataset_fingerprint: str | None
+
+
+class Stage(StrEnum):
+    """Where a model version is in its life: ``none -> staging -> production -> archived``.
+
+    At most one version per model is in ``staging`` and at most one in ``production``; the
+    database enforces it with unique partial indexes, not only this code.
+    """
+
+    none = "none"
+    staging = "staging"
+    production = "production"
+    archived = "archived"
+
+
+class PromotionState(StrEnum):
+    """``pending -> running -> applied | failed``; only one promotion per model is active."""
+
+    pending = "pending"
+    running = "running"
+    applied = "applied"
+    failed = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (PromotionState.applied, PromotionState.failed)
+
+
+ACTIVE_PROMOTION_STATES = (PromotionState.pending, PromotionState.running)
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredModel:
+    """A named model whose versions move through stages under a gate policy."""
+
+    id: str
+    name: str
+    description: str
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    policy: dict[str, Any] | None = None
+    policy_updated_by: str | None = None
+    policy_updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """One registered checkpoint of a model, with its lineage and its stage.
+
+    ``replaced_version`` is the production version this one replaced when it last became
+    production: rollback returns to it.
+    """
+
+    id: str
+    model_name: str
+    version: int
+    stage: Stage
+    checkpoint_uri: str
+    checkpoint_sha256: str
+    checkpoint_bytes: int
+    model_size: str
+    resolution: int
+    class_names: list[str]
+    dataset_fingerprint: str | None
+    params: dict[str, Any]
+    source_job_id: str | None
+    source_trial_id: str | None
+    mlflow_run_id: str | None
+    mlflow_version: str | None
+    description: str
+    created_by: str
+    created_at: datetime
+    stage_changed_at: datetime
+    replaced_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    """One gate check of a promotion: what was compared, against what, and the verdict."""
+
+    gate: str
+    metric: str
+    candidate: float | None
+    baseline: float | None
+    threshold: float | None
+    passed: bool
+    detail: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    """A request to move a version to ``staging`` or ``production``, and what became of it.
+
+    ``evidence`` lists the evaluation and benchmark jobs (or reused records) the gates read;
+    ``baseline_version`` is the production version the candidate was compared with.
+    """
+
+    id: str
+    model_name: str
+    version: int
+    from_stage: Stage
+    to_stage: Stage
+    state: PromotionState
+    actor: str
+    reason: str
+    request_id: str | None
+    baseline_version: int | None
+    evidence: list[dict[str, Any]]
+    message: str | None
+    gate_results: list[GateResult]
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """An append-only record of one action: who, when, what, on which model and version."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    model_name: str | None
+    version: int | None
+    before: str | None
+    after: str | None
+    reason: str | None
+    request_id: str | None
+    details: dict[str, Any] = field(default_factory=dict)

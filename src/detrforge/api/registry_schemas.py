@@ -1,0 +1,151 @@
+"""Request and response bodies of the registry routes (models, versions, promotions, audit)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AuditEventPublic",
+    "AuditEventsPublic",
+    "GateResultPublic",
+    "ModelCreate",
+    "ModelPublic",
+    "ModelsPublic",
+    "PromotionCreate",
+    "PromotionPublic",
+    "PromotionsPublic",
+    "RollbackCreate",
+    "TrialRegister",
+    "VersionPublic",
+    "VersionsPublic",
+]
+
+
+class _FromEntity(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ModelCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=128, examples=["shelf-detector"])
+    description: str = ""
+
+
+class ModelPublic(_FromEntity):
+    id: str
+    name: str
+    description: str
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    policy: dict[str, Any] | None
+    policy_updated_by: str | None
+    policy_updated_at: datetime | None
+    production_version: int | None = None
+    staging_version: int | None = None
+
+
+class ModelsPublic(BaseModel):
+    items: list[ModelPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class VersionPublic(_FromEntity):
+    model_name: str
+    version: int
+    stage: str
+    checkpoint_uri: str
+    checkpoint_sha256: str
+    checkpoint_bytes: int
+    model_size: str
+    resolution: int
+    class_names: list[str]
+    dataset_fingerprint: str | None
+    params: dict[str, Any]
+    source_job_id: str | None
+    source_trial_id: str | None
+    mlflow_run_id: str | None
+    mlflow_version: str | None
+    description: str
+    created_by: str
+    created_at: datetime
+    stage_changed_at: datetime
+    replaced_version: int | None
+
+
+class VersionsPublic(BaseModel):
+    items: list[VersionPublic]
+
+
+class GateResultPublic(_FromEntity):
+    gate: str
+    target: str | None
+    metric: str
+    candidate: float | None
+    baseline: float | None
+    threshold: float | None
+    passed: bool
+    detail: str
+    evidence: dict[str, Any]
+
+
+class PromotionCreate(BaseModel):
+    to: Literal["staging", "production"] = "production"
+    reason: str = ""
+
+
+class PromotionPublic(_FromEntity):
+    id: str
+    model_name: str
+    version: int
+    from_stage: str
+    to_stage: str
+    state: str
+    actor: str
+    reason: str
+    request_id: str | None
+    baseline_version: int | None
+    evidence: list[dict[str, Any]]
+    message: str | None
+    gate_results: list[GateResultPublic]
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class PromotionsPublic(BaseModel):
+    items: list[PromotionPublic]
+
+
+class TrialRegister(BaseModel):
+    model: str = Field(min_length=1, description="The registered model to add the version to.")
+    description: str = ""
+
+
+class RollbackCreate(BaseModel):
+    reason: str = ""
+
+
+class AuditEventPublic(_FromEntity):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    model_name: str | None
+    version: int | None
+    before: str | None
+    after: str | None
+    reason: str | None
+    request_id: str | None
+    details: dict[str, Any]
+
+
+class AuditEventsPublic(BaseModel):
+    items: list[AuditEventPublic]
+    total: int
+    limit: int
+    offset: int

@@ -1,0 +1,246 @@
+"""The model registry: models, versions, gate policies, gated promotions, rollback, audit."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Query
+from fastapi.responses import PlainTextResponse
+
+from detrforge.api.deps import Approver, Operator, RequestId, ServicesDep, Viewer
+from detrforge.api.registry_schemas import (
+    AuditEventPublic,
+    AuditEventsPublic,
+    ModelCreate,
+    ModelPublic,
+    ModelsPublic,
+    PromotionCreate,
+    PromotionPublic,
+    PromotionsPublic,
+    RollbackCreate,
+    TrialRegister,
+    VersionPublic,
+    VersionsPublic,
+)
+from detrforge.registry.entities import RegisteredModel, Stage
+from detrforge.registry.gates import GatePolicy
+
+router = APIRouter(prefix="/api/v1", tags=["registry"])
+
+
+def _model(services: Any, model: RegisteredModel) -> ModelPublic:
+    public = ModelPublic.model_validate(model)
+    registry = services.models.registry
+    production = registry.version_in_stage(model.name, Stage.production)
+    staging = registry.version_in_stage(model.name, Stage.staging)
+    public.production_version = production.version if production else None
+    public.staging_version = staging.version if staging else None
+    return public
+
+
+@router.post("/models", response_model=ModelPublic, status_code=201)
+def create_model(
+    body: ModelCreate, services: ServicesDep, key: Operator, request_id: RequestId
+) -> ModelPublic:
+    """Create a registered model (mirrored as an MLflow registered model)."""
+    model = services.models.create_model(
+        body.name, description=body.description, principal=key, request_id=request_id
+    )
+    return _model(services, model)
+
+
+@router.get("/models", response_model=ModelsPublic)
+def list_models(
+    services: ServicesDep,
+    _: Viewer,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ModelsPublic:
+    """Registered models by name."""
+    models, total = services.models.registry.list_models(limit=limit, offset=offset)
+    items = [_model(services, m) for m in models]
+    return ModelsPublic(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/models/{name}", response_model=ModelPublic)
+def get_model(name: str, services: ServicesDep, _: Viewer) -> ModelPublic:
+    """One model: its gate policy and which versions hold staging and production."""
+    return _model(services, services.models.registry.get_model(name))
+
+
+@router.put(
+    "/models/{name}/policy",
+    response_model=ModelPublic,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": GatePolicy.model_json_schema()}},
+        }
+    },
+)
+def set_policy(
+    name: str,
+    body: Annotated[Any, Body()],
+    services: ServicesDep,
+    key: Approver,
+    request_id: RequestId,
+) -> ModelPublic:
+    """Set the gate policy: eval set, AP floor, max AP drop, per-target p95 ratio and SLA."""
+    model = services.models.set_policy(name, body, principal=key, request_id=request_id)
+    return _model(services, model)
+
+
+@router.get("/models/{name}/policy")
+def get_policy(name: str, services: ServicesDep, _: Viewer) -> dict[str, Any]:
+    """The gate policy (``{}`` when none is set: promotions then pass without checks)."""
+    return services.models.registry.get_model(name).policy or {}
+
+
+@router.post("/models/{name}/versions", response_model=VersionPublic, status_code=201)
+def register_version(
+    name: str,
+    body: Annotated[dict[str, Any], Body()],
+    services: ServicesDep,
+    key: Operator,
+    request_id: RequestId,
+) -> VersionPublic:
+    """Register a version from ``job_id`` (a SUCCEEDED fine-tune) or ``checkpoint`` + size +
+    resolution; the stored bytes' sha256 is verified."""
+    version = services.models.register_version(name, body, principal=key, request_id=request_id)
+    return VersionPublic.model_validate(version)
+
+
+@router.post(
+    "/sweeps/{job_id}/trials/{trial_id}/register",
+    response_model=VersionPublic,
+    status_code=201,
+    tags=["sweeps"],
+)
+def register_trial(
+    job_id: str,
+    trial_id: str,
+    body: TrialRegister,
+    services: ServicesDep,
+    key: Operator,
+    request_id: RequestId,
+) -> VersionPublic:
+    """Register one sweep trial as a version of ``model``, with lineage to the sweep, the trial
+    and its MLflow run (the weights' sha256 is verified)."""
+    source = services.sweeps.trial_source(job_id, trial_id)
+    version = services.models.register_trial(
+        body.model, source, description=body.description, principal=key, request_id=request_id
+    )
+    return VersionPublic.model_validate(version)
+
+
+@router.get("/models/{name}/versions", response_model=VersionsPublic)
+def list_versions(
+    name: str,
+    services: ServicesDep,
+    _: Viewer,
+    stage: Annotated[Stage | None, Query()] = None,
+) -> VersionsPublic:
+    """The model's versions, newest first."""
+    versions = services.models.registry.list_versions(name, stage=stage)
+    return VersionsPublic(items=[VersionPublic.model_validate(v) for v in versions])
+
+
+@router.get("/models/{name}/versions/{version}", response_model=VersionPublic)
+def get_version(name: str, version: int, services: ServicesDep, _: Viewer) -> VersionPublic:
+    """One version with its lineage and stage."""
+    return VersionPublic.model_validate(services.models.registry.get_version(name, version))
+
+
+@router.get("/models/{name}/aliases/{alias}", response_model=VersionPublic)
+def get_alias(
+    name: str, alias: Literal["staging", "production"], services: ServicesDep, _: Viewer
+) -> VersionPublic:
+    """The version holding ``production`` (or ``staging``): what a serving fleet asks for."""
+    from detrforge.platform.errors import NotFoundError
+
+    version = services.models.registry.version_in_stage(name, Stage(alias))
+    if version is None:
+        raise NotFoundError(f"model {name!r} has no {alias} version", field="alias")
+    return VersionPublic.model_validate(version)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/promotions",
+    response_model=PromotionPublic,
+    status_code=202,
+)
+def request_promotion(
+    name: str,
+    version: int,
+    body: PromotionCreate,
+    services: ServicesDep,
+    key: Operator,
+    request_id: RequestId,
+) -> PromotionPublic:
+    """Ask to promote a version: 202 with the promotion id at once; the gates run in the
+    background (staging needs operator, production needs approver)."""
+    promotion = services.models.request_promotion(
+        name, version, body.model_dump(), principal=key, request_id=request_id
+    )
+    return PromotionPublic.model_validate(promotion)
+
+
+@router.get("/models/{name}/promotions", response_model=PromotionsPublic)
+def list_promotions(name: str, services: ServicesDep, _: Viewer) -> PromotionsPublic:
+    """The model's promotions, newest first, with their gate results."""
+    promotions = services.models.registry.list_promotions(name)
+    return PromotionsPublic(items=[PromotionPublic.model_validate(p) for p in promotions])
+
+
+@router.get("/promotions/{promotion_id}", response_model=PromotionPublic)
+def get_promotion(promotion_id: str, services: ServicesDep, _: Viewer) -> PromotionPublic:
+    """One promotion: state, evidence jobs and every gate check with its figures."""
+    return PromotionPublic.model_validate(services.models.promotion(promotion_id))
+
+
+@router.post("/models/{name}/rollback", response_model=VersionPublic)
+def rollback(
+    name: str,
+    body: RollbackCreate,
+    services: ServicesDep,
+    key: Approver,
+    request_id: RequestId,
+) -> VersionPublic:
+    """Re-point production to the previous production version, without gates; audited."""
+    version = services.models.rollback(
+        name, reason=body.reason, principal=key, request_id=request_id
+    )
+    return VersionPublic.model_validate(version)
+
+
+@router.get("/audit", response_model=None)
+def audit(
+    services: ServicesDep,
+    _: Viewer,
+    model: str | None = None,
+    action: Annotated[str | None, Query(description="Exact, or a prefix ending in '.'")] = None,
+    actor: str | None = None,
+    request_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    format: Literal["json", "csv"] = "json",  # noqa: A002
+) -> Any:
+    """The audit log, oldest first: who, when, action, model, version, before, after, reason,
+    request id. ``format=csv`` exports the page as CSV."""
+    events, total = services.models.registry.audit(
+        model_name=model,
+        action=action,
+        actor=actor,
+        request_id=request_id,
+        since=since,
+        until=until,
+        limit=limit,
+        offset=offset,
+    )
+    if format == "csv":
+        return PlainTextResponse(services.models.registry.to_csv(events), media_type="text/csv")
+    items = [AuditEventPublic.model_validate(e) for e in events]
+    return AuditEventsPublic(items=items, total=total, limit=limit, offset=offset)

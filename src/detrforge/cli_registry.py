@@ -1,0 +1,233 @@
+"""The registry commands of the CLI: ``models``, ``versions``, ``policy``, ``promote``,
+``rollback`` and ``audit``. They talk to the control API like every other command."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from detrforge.cli import ApiClient, _absolute, _fail
+from detrforge.platform.settings import Settings
+
+__all__ = ["install"]
+
+models_app = typer.Typer(help="Registered models.", no_args_is_help=True)
+versions_app = typer.Typer(help="Model versions.", no_args_is_help=True)
+policy_app = typer.Typer(help="Gate policies.", no_args_is_help=True)
+
+
+def install(app: typer.Typer) -> None:
+    """Add the registry commands to the top-level CLI."""
+    app.add_typer(models_app, name="models")
+    app.add_typer(versions_app, name="versions")
+    app.add_typer(policy_app, name="policy")
+    app.command("promote")(promote)
+    app.command("rollback")(rollback)
+    app.command("audit")(audit)
+
+
+def _client() -> ApiClient:
+    return ApiClient(Settings())
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+@models_app.command("create")
+def models_create(name: str, description: str = "") -> None:
+    """Create a registered model."""
+    model = _client().call(
+        "POST", "/api/v1/models", json={"name": name, "description": description}
+    )
+    typer.echo(f"created model {model['name']} ({model['id']})")
+
+
+@models_app.command("list")
+def models_list(limit: int = 100) -> None:
+    """List registered models with their production and staging versions."""
+    page = _client().call("GET", "/api/v1/models", params={"limit": limit})
+    for m in page["items"]:
+        typer.echo(
+            f"{m['name']:<24} production v{m['production_version'] or '-'}  "
+            f"staging v{m['staging_version'] or '-'}  {m['description']}"
+        )
+    typer.echo(f"({len(page['items'])} of {page['total']})")
+
+
+@models_app.command("show")
+def models_show(name: str) -> None:
+    """Show a model, its policy and its versions."""
+    client = _client()
+    model = client.call("GET", f"/api/v1/models/{name}")
+    typer.echo(
+        f"model {model['name']}: production v{model['production_version'] or '-'}, "
+        f"staging v{model['staging_version'] or '-'}"
+    )
+    typer.echo(f"  policy: {json.dumps(model['policy'] or {})}")
+    for v in client.call("GET", f"/api/v1/models/{name}/versions")["items"]:
+        typer.echo(_version_line(v))
+
+
+def _version_line(v: dict[str, Any]) -> str:
+    source = v["source_job_id"] or v["checkpoint_uri"]
+    return (
+        f"  v{v['version']:<3} {v['stage']:<10} {v['model_size']} {v['resolution']}px "
+        f"sha {v['checkpoint_sha256'][:12]} from {source}"
+    )
+
+
+@versions_app.command("register")
+def versions_register(
+    model: str,
+    job: Annotated[str | None, typer.Option(help="A SUCCEEDED fine-tune job id.")] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option(help="A .pth path, file:// or s3:// URI.")
+    ] = None,
+    model_size: str = "nano",
+    resolution: int | None = None,
+    sha256: Annotated[str | None, typer.Option(help="Expected sha256 of the checkpoint.")] = None,
+    description: str = "",
+) -> None:
+    """Register a version from a fine-tune job or a checkpoint (its sha256 is verified)."""
+    if bool(job) == bool(checkpoint):
+        _fail("give exactly one of --job or --checkpoint", 2)
+    body: dict[str, Any] = {"description": description}
+    if job:
+        body["job_id"] = job
+    else:
+        body.update(checkpoint=_absolute(str(checkpoint)), model_size=model_size)
+        if resolution is not None:
+            body["resolution"] = resolution
+        if sha256:
+            body["checkpoint_sha256"] = sha256
+    v = _client().call("POST", f"/api/v1/models/{model}/versions", json=body)
+    typer.echo(f"registered {model} v{v['version']} (sha256 {v['checkpoint_sha256']})")
+
+
+@versions_app.command("list")
+def versions_list(model: str, stage: str | None = None) -> None:
+    """List a model's versions, newest first."""
+    params = {"stage": stage} if stage else {}
+    for v in _client().call("GET", f"/api/v1/models/{model}/versions", params=params)["items"]:
+        typer.echo(_version_line(v))
+
+
+@versions_app.command("show")
+def versions_show(model: str, version: int) -> None:
+    """Show one version with its lineage."""
+    _print_json(_client().call("GET", f"/api/v1/models/{model}/versions/{version}"))
+
+
+@policy_app.command("set")
+def policy_set(
+    model: str,
+    file: Annotated[Path | None, typer.Option(help="A JSON policy file.")] = None,
+    eval_dataset: Annotated[str | None, typer.Option(help="Pinned eval set (COCO).")] = None,
+    eval_split: str = "valid",
+    ap_floor: float | None = None,
+    max_ap_drop: float | None = None,
+    target: Annotated[list[str] | None, typer.Option(help="TARGET[:ratio=R][:sla=MS]")] = None,
+    benchmark_runs: int = 30,
+    reason: str = "",
+) -> None:
+    """Set a model's gate policy from a file or from options."""
+    if file is not None:
+        body = json.loads(file.read_text())
+    else:
+        body = {"ap_floor": ap_floor, "max_ap_drop": max_ap_drop, "benchmark_runs": benchmark_runs}
+        if eval_dataset:
+            body["eval"] = {"dataset": _absolute(eval_dataset), "split": eval_split}
+        body["targets"] = [_target_gate(spec) for spec in target or []]
+    body["reason"] = reason
+    model_out = _client().call("PUT", f"/api/v1/models/{model}/policy", json=body)
+    _print_json(model_out["policy"])
+
+
+def _target_gate(spec: str) -> dict[str, Any]:
+    name, *checks = spec.split(":")
+    gate: dict[str, Any] = {"target": name}
+    for check in checks:
+        key, _, value = check.partition("=")
+        if key not in ("ratio", "sla"):
+            _fail(f"--target {spec!r}: use TARGET:ratio=1.2:sla=50", 2)
+        gate["max_p95_ratio" if key == "ratio" else "p95_sla_ms"] = float(value)
+    return gate
+
+
+@policy_app.command("show")
+def policy_show(model: str) -> None:
+    """Show a model's gate policy."""
+    _print_json(_client().call("GET", f"/api/v1/models/{model}/policy"))
+
+
+def promote(
+    model: str,
+    version: int,
+    to: Annotated[str, typer.Option("--to", help="staging or production")] = "production",
+    reason: str = "",
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the gates to the verdict.")] = False,
+) -> None:
+    """Request a gated promotion (answered at once; --wait follows it)."""
+    client = _client()
+    promotion = client.call(
+        "POST",
+        f"/api/v1/models/{model}/versions/{version}/promotions",
+        json={"to": to, "reason": reason},
+    )
+    typer.echo(f"promotion {promotion['id']}: {model} v{version} -> {to} ({promotion['state']})")
+    if not wait:
+        return
+    seen = ""
+    while promotion["state"] in ("pending", "running"):
+        time.sleep(2.0)
+        promotion = client.call("GET", f"/api/v1/promotions/{promotion['id']}")
+        jobs = ", ".join(
+            f"{e['role']} {e['kind']}{' ' + e['target'] if e.get('target') else ''}: "
+            f"{e.get('state')}"
+            for e in promotion["evidence"]
+        )
+        if jobs != seen:
+            typer.echo(f"  {promotion['state']}: {jobs}")
+            seen = jobs
+    for gate in promotion["gate_results"]:
+        mark = "PASS" if gate["passed"] else "FAIL"
+        typer.echo(f"  [{mark}] {gate['gate']}: {gate['detail']}")
+    typer.echo(f"{promotion['state'].upper()}: {promotion['message']}")
+    if promotion["state"] != "applied":
+        raise typer.Exit(1)
+
+
+def rollback(model: str, reason: str = "") -> None:
+    """Re-point production to the previous production version (no gates)."""
+    v = _client().call("POST", f"/api/v1/models/{model}/rollback", json={"reason": reason})
+    typer.echo(f"{model}: production is v{v['version']} again")
+
+
+def audit(
+    model: Annotated[str | None, typer.Argument()] = None,
+    action: str | None = None,
+    limit: int = 1000,
+    csv: Annotated[bool, typer.Option("--csv", help="CSV export.")] = False,
+) -> None:
+    """The audit log (of one model, or all), oldest first."""
+    params: dict[str, Any] = {"limit": limit, "format": "csv" if csv else "json"}
+    if model:
+        params["model"] = model
+    if action:
+        params["action"] = action
+    out = _client().call("GET", "/api/v1/audit", params=params)
+    if csv:
+        typer.echo(out, nl=False)
+        return
+    for e in out["items"]:
+        version = f"v{e['version']}" if e["version"] is not None else ""
+        change = f"{e['before'] or ''} -> {e['after'] or ''}" if e["before"] or e["after"] else ""
+        typer.echo(
+            f"{e['at'][:19]} {e['actor']:<22} {e['action']:<18} {e['model_name'] or ''} "
+            f"{version:<4} {change[:60]} {e['reason'] or ''}"
+        )

@@ -1,0 +1,252 @@
+"""Gate policies and the gate checks a promotion must pass.
+
+A policy pins an evaluation set and names the checks; ``check_gates`` turns measured evidence
+(candidate and, where there is one, the current production version) into one ``GateResult`` per
+check, each saying what was compared and by how much it passed or failed. Pure functions: the
+promotion service gathers the evidence, the registry store records the verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from detrforge.registry.entities import GateResult
+
+__all__ = [
+    "AP_METRIC",
+    "P95_METRIC",
+    "Evidence",
+    "EvalSet",
+    "GatePolicy",
+    "TargetGate",
+    "check_gates",
+]
+
+AP_METRIC = "bbox/AP"
+P95_METRIC = "latency_ms/p95"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EvalSet(_Frozen):
+    """The pinned evaluation set every candidate and baseline is scored on."""
+
+    dataset: str = Field(min_length=1, description="Local path or s3:// prefix (COCO layout).")
+    split: Literal["train", "valid", "test"] = "valid"
+    backend: Literal["torch", "onnxruntime"] = "torch"
+    fingerprint: str | None = Field(
+        default=None, description="Filled in when the policy is set; a changed set is refused."
+    )
+
+
+class TargetGate(_Frozen):
+    """Latency checks on one hardware target: a ratio to production and/or an absolute SLA."""
+
+    target: str = Field(min_length=1)
+    max_p95_ratio: float | None = Field(default=None, gt=0)
+    p95_sla_ms: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_check(self) -> TargetGate:
+        if self.max_p95_ratio is None and self.p95_sla_ms is None:
+            raise ValueError(
+                f"target {self.target!r} has no check: set max_p95_ratio and/or p95_sla_ms"
+            )
+        return self
+
+
+class GatePolicy(_Frozen):
+    """What a version must show before it may enter staging or production."""
+
+    eval: EvalSet | None = None
+    ap_floor: float | None = Field(default=None, ge=0, le=1)
+    max_ap_drop: float | None = Field(default=None, ge=0, le=1)
+    targets: list[TargetGate] = Field(default_factory=list)
+    benchmark_runs: int = Field(default=30, ge=1, le=10_000)
+    benchmark_warmup: int = Field(default=5, ge=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _eval_set_for_ap(self) -> GatePolicy:
+        if (self.ap_floor is not None or self.max_ap_drop is not None) and self.eval is None:
+            raise ValueError("ap_floor and max_ap_drop need an eval set: set eval.dataset")
+        names = [gate.target for gate in self.targets]
+        if len(names) != len(set(names)):
+            raise ValueError("targets: each hardware target may appear once")
+        return self
+
+    @property
+    def needs_ap(self) -> bool:
+        return self.ap_floor is not None or self.max_ap_drop is not None
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.needs_ap and not self.targets
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What was measured for one version: AP on the pinned set and p95 per target, with sources."""
+
+    version: int
+    ap: float | None = None
+    ap_evidence: dict[str, Any] = field(default_factory=dict)
+    p95_ms: dict[str, float] = field(default_factory=dict)
+    p95_evidence: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def check_gates(
+    policy: GatePolicy, candidate: Evidence, baseline: Evidence | None
+) -> list[GateResult]:
+    """One result per check of ``policy``; a check with no baseline to compare with passes.
+
+    ``baseline`` is the current production version's evidence, or None when there is none (the
+    first production version): relative checks then pass and say so.
+    """
+    results: list[GateResult] = []
+    if policy.ap_floor is not None:
+        results.append(_ap_floor(policy.ap_floor, candidate))
+    if policy.max_ap_drop is not None:
+        results.append(_ap_drop(policy.max_ap_drop, candidate, baseline))
+    for gate in policy.targets:
+        if gate.max_p95_ratio is not None:
+            results.append(_p95_ratio(gate.target, gate.max_p95_ratio, candidate, baseline))
+        if gate.p95_sla_ms is not None:
+            results.append(_p95_sla(gate.target, gate.p95_sla_ms, candidate))
+    return results
+
+
+def _evidence(candidate: Evidence, baseline: Evidence | None, key: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"candidate": getattr(candidate, key)}
+    if baseline is not None:
+        out["baseline"] = getattr(baseline, key)
+    return out
+
+
+def _ap_floor(floor: float, candidate: Evidence) -> GateResult:
+    ap = _required(candidate.ap, "candidate AP")
+    passed = ap >= floor
+    detail = (
+        f"AP {ap:.4f} meets the floor {floor:.4f}"
+        if passed
+        else f"AP {ap:.4f} is {floor - ap:.4f} below the floor {floor:.4f}"
+    )
+    return GateResult(
+        gate="ap_floor",
+        metric=AP_METRIC,
+        candidate=ap,
+        baseline=None,
+        threshold=floor,
+        passed=passed,
+        detail=detail,
+        evidence={"candidate": candidate.ap_evidence},
+    )
+
+
+def _ap_drop(max_drop: float, candidate: Evidence, baseline: Evidence | None) -> GateResult:
+    ap = _required(candidate.ap, "candidate AP")
+    if baseline is None:
+        return GateResult(
+            gate="max_ap_drop",
+            metric=AP_METRIC,
+            candidate=ap,
+            baseline=None,
+            threshold=max_drop,
+            passed=True,
+            detail="no production version to compare with",
+            evidence={"candidate": candidate.ap_evidence},
+        )
+    base = _required(baseline.ap, "production AP")
+    drop = base - ap
+    passed = drop <= max_drop + 1e-12
+    if passed:
+        detail = (
+            f"AP {ap:.4f} vs production v{baseline.version} {base:.4f}: change {-drop:+.4f}, "
+            f"within the allowed drop {max_drop:.4f}"
+        )
+    else:
+        detail = (
+            f"AP {ap:.4f} is {drop:.4f} below production v{baseline.version}'s {base:.4f}; "
+            f"the policy allows a drop of {max_drop:.4f} (exceeded by {drop - max_drop:.4f})"
+        )
+    return GateResult(
+        gate="max_ap_drop",
+        metric=AP_METRIC,
+        candidate=ap,
+        baseline=base,
+        threshold=max_drop,
+        passed=passed,
+        detail=detail,
+        evidence={"candidate": candidate.ap_evidence, "baseline": baseline.ap_evidence},
+    )
+
+
+def _p95_ratio(
+    target: str, max_ratio: float, candidate: Evidence, baseline: Evidence | None
+) -> GateResult:
+    p95 = _required(candidate.p95_ms.get(target), f"candidate p95 on {target}")
+    evidence = {"candidate": candidate.p95_evidence.get(target, {})}
+    if baseline is None:
+        return GateResult(
+            gate="max_p95_ratio",
+            target=target,
+            metric=P95_METRIC,
+            candidate=p95,
+            baseline=None,
+            threshold=max_ratio,
+            passed=True,
+            detail="no production version to compare with",
+            evidence=evidence,
+        )
+    base = _required(baseline.p95_ms.get(target), f"production p95 on {target}")
+    evidence["baseline"] = baseline.p95_evidence.get(target, {})
+    ratio = p95 / base if base > 0 else float("inf")
+    passed = ratio <= max_ratio
+    verdict = "within" if passed else f"over by {ratio - max_ratio:.2f}x; the limit is"
+    detail = (
+        f"p95 on {target} {p95:.1f} ms vs production v{baseline.version} {base:.1f} ms: "
+        f"ratio {ratio:.2f}, {verdict} {max_ratio:.2f}"
+    )
+    return GateResult(
+        gate="max_p95_ratio",
+        target=target,
+        metric=P95_METRIC,
+        candidate=p95,
+        baseline=base,
+        threshold=max_ratio,
+        passed=passed,
+        detail=detail,
+        evidence=evidence,
+    )
+
+
+def _p95_sla(target: str, sla_ms: float, candidate: Evidence) -> GateResult:
+    p95 = _required(candidate.p95_ms.get(target), f"candidate p95 on {target}")
+    passed = p95 <= sla_ms
+    detail = (
+        f"p95 on {target} {p95:.1f} ms meets the SLA {sla_ms:.1f} ms"
+        if passed
+        else f"p95 on {target} {p95:.1f} ms exceeds the SLA {sla_ms:.1f} ms by "
+        f"{p95 - sla_ms:.1f} ms"
+    )
+    return GateResult(
+        gate="p95_sla",
+        target=target,
+        metric=P95_METRIC,
+        candidate=p95,
+        baseline=None,
+        threshold=sla_ms,
+        passed=passed,
+        detail=detail,
+        evidence={"candidate": candidate.p95_evidence.get(target, {})},
+    )
+
+
+def _required(value: float | None, what: str) -> float:
+    if value is None:
+        raise ValueError(f"{what} was not measured")
+    return float(value)

@@ -1,0 +1,333 @@
+"""Gated promotion on the real cluster: evaluate + benchmark jobs on Ray, real COCO AP from a
+real fine-tune, real latency on the CPU target, and an API process killed mid-promotion.
+
+One fine-tune (Nano, 128 px, an easy synthetic set) gives the good model; the bad one is the same
+weights with the class head scrambled, so only AP differs between them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from detrforge.platform.cluster import LocalRayHead
+from detrforge.platform.data import DatasetInfo, synth_dataset
+from detrforge.platform.db import make_engine, make_session_factory
+from detrforge.registry.entities import PromotionState, Role, Stage
+from detrforge.registry.models import ModelRegistry
+from fixtures_cluster import TINY_SPEC, ApiHarness, free_port, harness, make_settings, wait_until
+from fixtures_db import POSTGRES_URL_VARIABLE, _fresh_postgres_database
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+CPU_TARGET = {"name": "cpu-1t", "resources": {"CPU": 1}, "backend": "torch", "num_threads": 1}
+
+
+def _call(
+    api: ApiHarness, method: str, path: str, body: Any = None, role: Role = Role.approver
+) -> Any:
+    response = api.client.request(method, f"/api/v1{path}", json=body, headers=api.headers(role))
+    assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text}"
+    return response.json()
+
+
+def _promote(
+    api: ApiHarness, model: str, version: int, *, timeout_s: float = 420
+) -> dict[str, Any]:
+    path = f"/models/{model}/versions/{version}/promotions"
+    promotion = _call(api, "POST", path, {"to": "production"})
+    assert promotion["state"] == "pending"
+    deadline = time.monotonic() + timeout_s
+    while promotion["state"] not in ("applied", "failed"):
+        assert time.monotonic() < deadline, f"promotion stuck: {promotion}"
+        time.sleep(2.0)
+        promotion = _call(api, "GET", f"/promotions/{promotion['id']}")
+    return dict(promotion)
+
+
+def _gate(promotion: dict[str, Any], gate: str) -> dict[str, Any]:
+    [result] = [g for g in promotion["gate_results"] if g["gate"] == gate]
+    return dict(result)
+
+
+def _production_alias(api: ApiHarness, model: str) -> str:
+    client = MlflowClient(tracking_uri=api.settings.resolved_tracking_uri())
+    return str(client.get_model_version_by_alias(model, "production").version)
+
+
+@pytest.fixture(scope="module")
+def easy_ds(tmp_path_factory: pytest.TempPathFactory) -> DatasetInfo:
+    out = tmp_path_factory.mktemp("easy") / "ds"
+    return synth_dataset(out, seed=3, train_images=32, valid_images=8, image_size=128)
+
+
+def _scrambled_copy(checkpoint: Path, out: Path) -> Path:
+    """The same weights with the class head replaced by seeded noise: boxes kept, scores random."""
+    import torch
+
+    data = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    generator = torch.Generator().manual_seed(0)
+    for key, tensor in data["model"].items():
+        if key.startswith("class_embed."):
+            data["model"][key] = torch.randn(tensor.shape, generator=generator) * 5
+    torch.save(data, out)
+    return out
+
+
+@pytest.fixture
+def pg_or_sqlite_api(tmp_path: Path, ray_head: LocalRayHead) -> Iterator[ApiHarness]:
+    """The cluster API on PostgreSQL when the suite has one (CI does), else on SQLite: the
+    latency test covers SQLite, so CI runs the gated flows on both."""
+    url_variable = os.environ.get(POSTGRES_URL_VARIABLE)
+    databases = (
+        _fresh_postgres_database(url_variable)
+        if url_variable
+        else iter([f"sqlite:///{tmp_path / 'registry.db'}"])
+    )
+    database_url = next(databases)
+    settings = make_settings(
+        tmp_path / "home",
+        database_url=database_url,
+        ray_address=ray_head.dashboard_url,
+        artifact_root=None,
+    )
+    yield from harness(settings)
+    shutil.rmtree(tmp_path / "home" / "artifacts", ignore_errors=True)
+    next(databases, None)  # drops the PostgreSQL database
+
+
+def test_ap_gate_refuses_a_worse_candidate_and_passes_the_reverse(
+    pg_or_sqlite_api: ApiHarness, easy_ds: DatasetInfo, tmp_path: Path
+) -> None:
+    api = pg_or_sqlite_api
+    spec = {**TINY_SPEC, "dataset": str(easy_ds.root), "epochs": 16, "lr": 5e-4}
+    job = _call(api, "POST", "/finetune-jobs", spec, Role.operator)
+    done = api.wait(job["id"], timeout_s=900)
+    assert done["state"] == "SUCCEEDED", done["error"]
+    good_ckpt = Path(done["model_uri"].removeprefix("file://"))
+    bad_ckpt = _scrambled_copy(good_ckpt, tmp_path / "scrambled.pth")
+    policy = {"eval": {"dataset": str(easy_ds.root), "split": "valid"}, "max_ap_drop": 0.02}
+
+    # Good in production, then the scrambled candidate: refused by the AP gate.
+    _call(api, "POST", "/models", {"name": "good-first"}, Role.operator)
+    _call(api, "PUT", "/models/good-first/policy", policy)
+    good = _call(api, "POST", "/models/good-first/versions", {"job_id": job["id"]}, Role.operator)
+    assert (good["source_job_id"], good["mlflow_run_id"]) == (job["id"], done["mlflow_run_id"])
+    assert good["checkpoint_sha256"] == done["model_sha256"]
+    bad = _call(
+        api,
+        "POST",
+        "/models/good-first/versions",
+        {"checkpoint": str(bad_ckpt), "model_size": "nano", "resolution": 128},
+        Role.operator,
+    )
+    first = _promote(api, "good-first", good["version"])
+    assert first["state"] == "applied", first["message"]
+    good_ap = _gate(first, "max_ap_drop")["candidate"]
+    assert good_ap > 0.05, f"the fine-tuned model reached AP {good_ap} only"
+
+    refused = _promote(api, "good-first", bad["version"])
+    assert refused["state"] == "failed", refused["message"]
+    gate = _gate(refused, "max_ap_drop")
+    assert gate["passed"] is False
+    assert gate["baseline"] == pytest.approx(good_ap)
+    assert gate["candidate"] < good_ap - 0.02
+    assert f"below production v{good['version']}" in gate["detail"]
+    assert gate["evidence"]["baseline"]["reused"] is True  # production's AP was not re-measured
+    assert refused["message"].startswith("refused: max_ap_drop")
+    versions = _call(api, "GET", "/models/good-first/versions")["items"]
+    assert {v["version"]: v["stage"] for v in versions} == {
+        good["version"]: "production",
+        bad["version"]: "none",
+    }
+    assert _production_alias(api, "good-first") == good["mlflow_version"]
+
+    # The reverse order passes, and reuses both evaluations (same sha256, same pinned eval set).
+    _call(api, "POST", "/models", {"name": "bad-first"}, Role.operator)
+    _call(api, "PUT", "/models/bad-first/policy", policy)
+    for ckpt in (bad_ckpt, good_ckpt):
+        _call(
+            api,
+            "POST",
+            "/models/bad-first/versions",
+            {"checkpoint": str(ckpt), "model_size": "nano", "resolution": 128},
+            Role.operator,
+        )
+    assert _promote(api, "bad-first", 1)["state"] == "applied"
+    better = _promote(api, "bad-first", 2)
+    assert better["state"] == "applied", better["message"]
+    gate = _gate(better, "max_ap_drop")
+    assert gate["passed"] and gate["candidate"] == pytest.approx(good_ap)
+    assert all(item.get("reused") for item in better["evidence"])
+    assert _call(api, "GET", "/models/bad-first")["production_version"] == 2
+
+
+def test_latency_gates_on_the_cpu_target(cluster_api: ApiHarness, nano_checkpoint: Path) -> None:
+    api = cluster_api
+    _call(api, "POST", "/hardware-targets", CPU_TARGET)
+    _call(api, "POST", "/models", {"name": "lat"}, Role.operator)
+    for resolution in (128, 384):
+        _call(
+            api,
+            "POST",
+            "/models/lat/versions",
+            {"checkpoint": str(nano_checkpoint), "model_size": "nano", "resolution": resolution},
+            Role.operator,
+        )
+    ratio_policy = {
+        "targets": [{"target": "cpu-1t", "max_p95_ratio": 2.0}],
+        "benchmark_runs": 15,
+        "benchmark_warmup": 3,
+    }
+    _call(api, "PUT", "/models/lat/policy", ratio_policy)
+    small = _promote(api, "lat", 1)
+    assert small["state"] == "applied", small["message"]
+    assert _gate(small, "max_p95_ratio")["detail"] == "no production version to compare with"
+
+    large = _promote(api, "lat", 2)
+    assert large["state"] == "failed", large["message"]
+    gate = _gate(large, "max_p95_ratio")
+    assert gate["passed"] is False and gate["threshold"] == 2.0
+    assert gate["candidate"] / gate["baseline"] > 2.0
+    assert gate["baseline"] == pytest.approx(_gate(small, "max_p95_ratio")["candidate"])
+    assert gate["evidence"]["baseline"]["reused"] is True
+
+    sla_policy = {**ratio_policy, "targets": [{"target": "cpu-1t", "p95_sla_ms": 1.0}]}
+    _call(api, "PUT", "/models/lat/policy", sla_policy)
+    sla = _promote(api, "lat", 2)
+    assert sla["state"] == "failed"
+    gate = _gate(sla, "p95_sla")
+    assert gate["passed"] is False and gate["candidate"] > 1.0
+    assert "exceeds the SLA 1.0 ms" in gate["detail"]
+    records = _call(api, "GET", "/benchmark-records?model_name=lat")
+    assert {r["model_version"] for r in records["items"]} == {1, 2}
+    assert _call(api, "GET", "/models/lat")["production_version"] == 1
+
+
+# -- crash safety -------------------------------------------------------------------------------
+
+
+class _Server:
+    """``detrforge serve`` as its own process, so it can really die."""
+
+    def __init__(self, home: Path, ray_address: str, port: int, database_url: str) -> None:
+        self.home, self.port, self.database_url = home, port, database_url
+        self.env = {
+            **os.environ,
+            "DETRFORGE_HOME": str(home),
+            "DETRFORGE_DATABASE_URL": database_url,
+            "DETRFORGE_RAY_ADDRESS": ray_address,
+            "DETRFORGE_PORT": str(port),
+            "DETRFORGE_RECONCILE_INTERVAL_S": "1",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, failpoints: str = "") -> _Server:
+        env = {**self.env, "DETRFORGE_FAILPOINTS": failpoints}
+        log = (self.home / "serve.log").open("ab")
+        cli = str(Path(sys.executable).with_name("detrforge"))
+        self.process = subprocess.Popen([cli, "serve"], env=env, stdout=log, stderr=log)
+        wait_until(self._healthy, timeout_s=120)
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError((self.home / "serve.log").read_text()[-3000:])
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        key = (self.home / "admin.key").read_text().strip()
+        response = httpx.request(
+            method,
+            f"http://127.0.0.1:{self.port}/api/v1{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        assert response.status_code < 300, response.text
+        return response.json()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def server(tmp_path: Path, ray_head: LocalRayHead, database_url: str) -> Iterator[_Server]:
+    """``detrforge serve`` on SQLite and (when configured) PostgreSQL."""
+    home = tmp_path / "home"
+    home.mkdir()
+    server = _Server(home, ray_head.dashboard_url, free_port(), database_url)
+    yield server
+    server.stop()
+    shutil.rmtree(home / "artifacts", ignore_errors=True)
+
+
+def test_api_killed_between_gates_and_commit_recovers(
+    server: _Server, nano_checkpoint: Path
+) -> None:
+    server.start()
+    server.call("POST", "/hardware-targets", CPU_TARGET)
+    server.call("POST", "/models", {"name": "crash"})
+    for _ in range(2):
+        server.call(
+            "POST",
+            "/models/crash/versions",
+            {"checkpoint": str(nano_checkpoint), "model_size": "nano", "resolution": 128},
+        )
+    server.call(
+        "PUT",
+        "/models/crash/policy",
+        {"targets": [{"target": "cpu-1t", "p95_sla_ms": 60000}], "benchmark_runs": 3},
+    )
+    first = server.call("POST", "/models/crash/versions/1/promotions", {"to": "production"})
+    wait_until(
+        lambda: server.call("GET", f"/promotions/{first['id']}")["state"] == "applied",
+        timeout_s=300,
+        every_s=2,
+    )
+    server.stop()
+
+    server.start(failpoints="promotion.before_commit")
+    second = server.call("POST", "/models/crash/versions/2/promotions", {"to": "production"})
+    assert server.process is not None
+    assert server.process.wait(timeout=300) == 86  # died at the failpoint, mid-transaction
+
+    engine = make_engine(server.database_url)
+    registry = ModelRegistry(make_session_factory(engine))
+    interrupted = registry.get_promotion(second["id"])
+    assert interrupted.state == PromotionState.running and interrupted.gate_results == []
+    assert registry.get_version("crash", 1).stage == Stage.production
+    assert registry.get_version("crash", 2).stage == Stage.none
+    assert all(item["state"] == "done" for item in interrupted.evidence)
+
+    server.start()  # the restarted API resumes the promotion from its recorded evidence
+    final = wait_until(
+        lambda: (
+            (p := server.call("GET", f"/promotions/{second['id']}"))["state"] == "applied" and p
+        ),
+        timeout_s=120,
+        every_s=1,
+    )
+    assert [g["gate"] for g in final["gate_results"]] == ["p95_sla"]
+    assert registry.get_version("crash", 2).stage == Stage.production
+    assert registry.get_version("crash", 1).stage == Stage.archived
+    events, _ = registry.audit(model_name="crash", request_id=second["request_id"])
+    assert [e.action for e in events] == ["promotion.request", "promotion.apply"]
+    engine.dispose()
