@@ -92,10 +92,17 @@ def versions_register(
     resolution: int | None = None,
     sha256: Annotated[str | None, typer.Option(help="Expected sha256 of the checkpoint.")] = None,
     description: str = "",
+    sweep: Annotated[str | None, typer.Option(help="A sweep job id (with --trial).")] = None,
+    trial: Annotated[str | None, typer.Option(help="A trial id of --sweep.")] = None,
 ) -> None:
-    """Register a version from a fine-tune job or a checkpoint (its sha256 is verified)."""
-    if bool(job) == bool(checkpoint):
-        _fail("give exactly one of --job or --checkpoint", 2)
+    """Register a version from a fine-tune job, a sweep trial or a checkpoint (sha256 verified)."""
+    if sum(map(bool, (job, checkpoint, sweep))) != 1 or bool(sweep) != bool(trial):
+        _fail("give exactly one of --job, --checkpoint or --sweep with --trial", 2)
+    if sweep:
+        path = f"/api/v1/sweeps/{sweep}/trials/{trial}/register"
+        v = _client().call("POST", path, json={"model": model, "description": description})
+        typer.echo(f"registered {model} v{v['version']} from {sweep} trial {trial}")
+        return
     body: dict[str, Any] = {"description": description}
     if job:
         body["job_id"] = job
