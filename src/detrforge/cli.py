@@ -12,6 +12,9 @@ from typing import Annotated, Any
 
 import typer
 
+from detrforge.cli_client import ApiClient
+from detrforge.cli_client import absolute_uri as _absolute
+from detrforge.cli_client import fail as _fail
 from detrforge.platform.errors import DetrforgeError
 from detrforge.platform.settings import Settings
 
@@ -38,11 +41,6 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 # -- serve + cluster ---------------------------------------------------------------------------
@@ -222,60 +220,6 @@ def eval_detections(
 
 
 # -- finetune (HTTP client) --------------------------------------------------------------------
-class ApiClient:
-    """A small client of the control API for the CLI and the demo."""
-
-    def __init__(self, settings: Settings) -> None:
-        import httpx
-
-        key = settings.api_key
-        if not key and settings.admin_key_path.exists():
-            key = settings.admin_key_path.read_text().strip()
-        if not key:
-            _fail(
-                "no API key: set DETRFORGE_API_KEY (or run `detrforge serve` once to create "
-                f"{settings.admin_key_path})",
-                2,
-            )
-        self.http = httpx.Client(
-            base_url=settings.resolved_api_url(),
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=httpx.Timeout(120.0, connect=5.0),
-        )
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        import httpx
-
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            _fail(
-                f"cannot reach the detrforge API at {self.http.base_url}: {exc}. "
-                "Is `detrforge serve` running?",
-                3,
-            )
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-                field = f" [{body['field']}]" if body.get("field") else ""
-                detail = f"{body.get('code')}{field}: {body.get('message')}"
-                for d in body.get("details", [])[1:10]:
-                    detail += (
-                        f"\n  - {d.get('file', '') + ': ' if d.get('file') else ''}"
-                        f"{d.get('field')}: {d.get('message')}"
-                    )
-            except ValueError:
-                detail = response.text
-            _fail(f"HTTP {response.status_code} {detail}", 2)
-        if response.headers.get("content-type", "").startswith("application/json"):
-            return response.json()
-        return response.text
-
-
-def _absolute(uri: str) -> str:
-    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
-
-
 def _progress_line(job: dict[str, Any]) -> str:
     p, m, spec = job.get("progress") or {}, job.get("metrics") or {}, job.get("spec") or {}
     parts = [job["state"]]
@@ -560,7 +504,7 @@ def targets_list() -> None:
         typer.echo(f"{t['name']:<16} {t['backend']:<11} {t['precision']} {t['resources']}")
 
 
-# The registry commands live in their own module; it imports ApiClient from this one.
+# The registry and sweep commands live in their own modules (they share cli_client with this one).
 from detrforge import cli_registry  # noqa: E402
 
 cli_registry.install(app)

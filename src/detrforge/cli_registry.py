@@ -10,7 +10,9 @@ from typing import Annotated, Any
 
 import typer
 
-from detrforge.cli import ApiClient, _absolute, _fail
+from detrforge.cli_client import ApiClient
+from detrforge.cli_client import absolute_uri as _absolute
+from detrforge.cli_client import fail as _fail
 from detrforge.platform.settings import Settings
 
 __all__ = ["install"]

@@ -20,7 +20,7 @@ sweep_app = typer.Typer(
 
 
 def _client() -> Any:
-    from detrforge.cli import ApiClient
+    from detrforge.cli_client import ApiClient
 
     return ApiClient(Settings())
 

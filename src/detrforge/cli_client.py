@@ -1,0 +1,77 @@
+"""What every CLI command group shares: the API client, error exit, URI normalisation.
+
+Kept apart from ``cli.py`` so the command modules (``cli_registry``, ``cli_sweep``) import it
+without importing ``cli`` itself, which installs them (``python -m detrforge.cli`` would otherwise
+import itself twice).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from detrforge.platform.settings import Settings
+
+__all__ = ["ApiClient", "absolute_uri", "fail"]
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print ``message`` as an error and exit with ``code``."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+class ApiClient:
+    """A small client of the control API for the CLI and the demo."""
+
+    def __init__(self, settings: Settings) -> None:
+        import httpx
+
+        key = settings.api_key
+        if not key and settings.admin_key_path.exists():
+            key = settings.admin_key_path.read_text().strip()
+        if not key:
+            fail(
+                "no API key: set DETRFORGE_API_KEY (or run `detrforge serve` once to create "
+                f"{settings.admin_key_path})",
+                2,
+            )
+        self.http = httpx.Client(
+            base_url=settings.resolved_api_url(),
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=httpx.Timeout(120.0, connect=5.0),
+        )
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            fail(
+                f"cannot reach the detrforge API at {self.http.base_url}: {exc}. "
+                "Is `detrforge serve` running?",
+                3,
+            )
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                field = f" [{body['field']}]" if body.get("field") else ""
+                detail = f"{body.get('code')}{field}: {body.get('message')}"
+                for d in body.get("details", [])[1:10]:
+                    detail += (
+                        f"\n  - {d.get('file', '') + ': ' if d.get('file') else ''}"
+                        f"{d.get('field')}: {d.get('message')}"
+                    )
+            except ValueError:
+                detail = response.text
+            fail(f"HTTP {response.status_code} {detail}", 2)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+
+def absolute_uri(uri: str) -> str:
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
