@@ -22,7 +22,7 @@ serve: venv
 	$(VENV)/bin/detrforge serve
 
 test: venv
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not ray and not slow"
