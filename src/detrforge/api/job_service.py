@@ -30,7 +30,7 @@ from detrforge.platform.tracking import Tracker
 from detrforge.registry.entities import Job, JobState, Principal
 from detrforge.registry.jobs import JobStore
 
-__all__ = ["FINETUNE_MODULE", "JobService"]
+__all__ = ["FINETUNE_MODULE", "JobService", "measured_fields"]
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,6 @@ class JobService:
             local = self.tracker.client.download_artifacts(run_id, "benchmark/record.json", tmp)
             out = json.loads(Path(local).read_text())
         spec = BenchmarkSpec.model_validate(job.spec)
-        e2e, model = out["end_to_end"], out["model_only"]
         self.benchmarks.add(
             {
                 "job_id": job.id,
@@ -262,20 +261,7 @@ class JobService:
                 "batch_size": spec.batch_size,
                 "warmup": spec.warmup,
                 "runs": spec.runs,
-                "threads": out["threads"],
-                "device": out["device"],
-                "p50_ms": model["p50"],
-                "p95_ms": model["p95"],
-                "p99_ms": model["p99"],
-                "mean_ms": model["mean"],
-                "std_ms": model["std"],
-                "min_ms": model["min"],
-                "max_ms": model["max"],
-                "e2e_p50_ms": e2e["p50"],
-                "e2e_p95_ms": e2e["p95"],
-                "e2e_p99_ms": e2e["p99"],
-                "images_per_s": out["images_per_s"],
-                "environment": out["environment"],
+                **measured_fields(out),
                 "mlflow_run_id": run_id,
                 "dataset_fingerprint": out["dataset_fingerprint"],
                 "model_name": spec.model_name,
@@ -373,6 +359,27 @@ class JobService:
             return
         async for chunk in self.launcher.follow_logs(job.ray_submission_id):
             yield chunk
+
+
+def measured_fields(out: dict[str, Any]) -> dict[str, Any]:
+    """The measured part of a benchmark history row, from a ``benchmark/record.json``."""
+    e2e, model = out["end_to_end"], out["model_only"]
+    return {
+        "threads": out["threads"],
+        "device": out["device"],
+        "p50_ms": model["p50"],
+        "p95_ms": model["p95"],
+        "p99_ms": model["p99"],
+        "mean_ms": model["mean"],
+        "std_ms": model["std"],
+        "min_ms": model["min"],
+        "max_ms": model["max"],
+        "e2e_p50_ms": e2e["p50"],
+        "e2e_p95_ms": e2e["p95"],
+        "e2e_p99_ms": e2e["p99"],
+        "images_per_s": out["images_per_s"],
+        "environment": out["environment"],
+    }
 
 
 def _now() -> datetime:

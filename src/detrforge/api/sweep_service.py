@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detrforge.api.job_service import JobService
+from detrforge.api.job_service import JobService, measured_fields
 from detrforge.platform.errors import ConflictError, InvalidSpecError, NotFoundError
 from detrforge.platform.launcher import require_resources
 from detrforge.platform.specs import SweepSpec, parse_spec
@@ -201,7 +201,6 @@ class SweepService:
                     trial["mlflow_run_id"], "benchmark/record.json", tmp
                 )
                 out = json.loads(Path(local).read_text())
-            e2e, model = out["end_to_end"], out["model_only"]
             self.jobs.benchmarks.add(
                 {
                     "job_id": trial_record_job_id(job.id, str(trial["trial_id"])),
@@ -217,20 +216,7 @@ class SweepService:
                     "batch_size": 1,
                     "warmup": spec.bench_warmup,
                     "runs": spec.bench_runs,
-                    "threads": out["threads"],
-                    "device": out["device"],
-                    "p50_ms": model["p50"],
-                    "p95_ms": model["p95"],
-                    "p99_ms": model["p99"],
-                    "mean_ms": model["mean"],
-                    "std_ms": model["std"],
-                    "min_ms": model["min"],
-                    "max_ms": model["max"],
-                    "e2e_p50_ms": e2e["p50"],
-                    "e2e_p95_ms": e2e["p95"],
-                    "e2e_p99_ms": e2e["p99"],
-                    "images_per_s": out["images_per_s"],
-                    "environment": out["environment"],
+                    **measured_fields(out),
                     "mlflow_run_id": trial["mlflow_run_id"],
                     "dataset_fingerprint": out["dataset_fingerprint"],
                 }
