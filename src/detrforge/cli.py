@@ -44,40 +44,16 @@ TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
 # -- serve + cluster ---------------------------------------------------------------------------
-def _head_pid_file(settings: Settings) -> Path:
-    return settings.resolved_home() / "ray" / "head.pid"
-
-
-def _ensure_local_head(settings: Settings) -> None:
-    from detrforge.platform.cluster import LocalRayHead, wait_for_port
-
-    if wait_for_port("127.0.0.1", settings.ray_dashboard_port, 0.5):
-        typer.echo(f"Ray: reusing the local head at 127.0.0.1:{settings.ray_gcs_port}")
-        return
-    temp_dir = Path("/tmp") / f"detrforge-ray-{settings.ray_gcs_port}"
-    typer.echo(f"Ray: starting a local head on 127.0.0.1:{settings.ray_gcs_port} (~15 s)...")
-    head = LocalRayHead(
-        temp_dir=temp_dir,
-        gcs_port=settings.ray_gcs_port,
-        dashboard_port=settings.ray_dashboard_port,
-        num_cpus=settings.ray_num_cpus,
-    ).start()
-    assert head.process is not None
-    pid_file = _head_pid_file(settings)
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(str(head.process.pid))
-    typer.echo(f"Ray: head up (pid {head.process.pid}); `detrforge cluster down` stops it")
-
-
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8321).")] = None,
 ) -> None:
-    """Run the control API (and, without RAY_ADDRESS, a local Ray head on loopback)."""
-    import uvicorn
+    """Run the control API in the foreground (and, without RAY_ADDRESS, a local Ray head).
 
-    from detrforge.api.main import build_services, create_app
+    Ctrl-C or SIGTERM stops both. Exits non-zero if the head does not come up or dies.
+    """
+    from detrforge.api.server import run_server
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -86,30 +62,83 @@ def serve(
         settings.host = host
     if port:
         settings.port = port
-    if not settings.ray_address:
-        _ensure_local_head(settings)
-    services = build_services(settings)
-    secret = services.keys.ensure_admin_key(settings.admin_key_path)
-    if secret:
-        typer.echo(f"Created the admin API key in {settings.admin_key_path} (mode 0600)")
-    typer.echo(f"detrforge API on http://{settings.host}:{settings.port} (docs at /docs)")
-    uvicorn.run(create_app(settings, services=services), host=settings.host, port=settings.port)
+    try:
+        code = run_server(settings, echo=lambda line: typer.echo(line, err=True))
+    except DetrforgeError as exc:
+        _fail(exc.message)
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Readiness of the API and what it depends on (database, Ray, MLflow, artifacts)."""
+    import httpx
+
+    settings = Settings()
+    url = f"{settings.resolved_api_url()}/ready"
+    try:
+        response = httpx.get(url, timeout=15)
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        _fail(f"the API at {settings.resolved_api_url()} does not answer ({exc}); is serve up?")
+    if as_json:
+        typer.echo(json.dumps(body, indent=2))
+    else:
+        typer.echo(
+            f"detrforge {body.get('version')} at {settings.resolved_api_url()}: "
+            f"{body.get('status')}"
+        )
+        for name, part in (body.get("components") or {}).items():
+            mark = "ok  " if part["ok"] else "DOWN"
+            typer.echo(f"  {mark} {name:<10} {part['message']}")
+    if response.status_code != 200:
+        raise typer.Exit(1)
+
+
+@app.command()
+def stop(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for it to exit.")] = 60.0,
+) -> None:
+    """Stop the `detrforge serve` running on DETRFORGE_HOME (and the Ray head it started)."""
+    from detrforge.api.server import holder_pid
+
+    settings = Settings()
+    pid = holder_pid(settings.resolved_home())
+    if pid is None:
+        _fail(f"no `detrforge serve` is running on {settings.resolved_home()}")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if holder_pid(settings.resolved_home()) is None:
+            typer.echo(f"stopped detrforge serve (pid {pid}) and its Ray head")
+            return
+        time.sleep(0.5)
+    _fail(f"detrforge serve (pid {pid}) did not exit within {timeout:.0f} s")
 
 
 @cluster_app.command("down")
 def cluster_down() -> None:
-    """Stop the local Ray head that `detrforge serve` started."""
-    settings = Settings()
-    pid_file = _head_pid_file(settings)
+    """Stop a local Ray head left running by an earlier serve (serve stops its own head)."""
+    import psutil
+
+    from detrforge.api.server import head_pid_file
+    from detrforge.platform.cluster import stop_process_tree
+
+    pid_file = head_pid_file(Settings().resolved_home())
     if not pid_file.exists():
         _fail("no local Ray head recorded in DETRFORGE_HOME")
     pid = int(pid_file.read_text())
     try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
+        is_head = "detrforge.platform.ray_head" in " ".join(psutil.Process(pid).cmdline())
+    except psutil.NoSuchProcess:
+        is_head = False
+    if not is_head:
+        pid_file.unlink()
+        _fail(f"the recorded Ray head (pid {pid}) is no longer running; nothing to stop")
+    killed = stop_process_tree(pid)
     pid_file.unlink()
-    typer.echo(f"stopped the local Ray head (pid {pid})")
+    suffix = f" ({len(killed)} process(es) needed SIGKILL)" if killed else ""
+    typer.echo(f"stopped the local Ray head (pid {pid}) and every process it started{suffix}")
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -236,21 +265,24 @@ def _progress_line(job: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def _print_job(job: dict[str, Any]) -> None:
-    typer.echo(f"job {job['id']}: {job['state']}")
-    typer.echo(f"  mlflow run:  {job.get('mlflow_run_id')}")
-    typer.echo(f"  checkpoint:  {job.get('checkpoint_uri')}")
-    typer.echo(f"  model:       {job.get('model_uri')}")
-    typer.echo(f"  sha256:      {job.get('model_sha256')}")
+def _print_job(job: dict[str, Any], *, err: bool = False) -> None:
+    def echo(line: str) -> None:
+        typer.echo(line, err=err)
+
+    echo(f"job {job['id']}: {job['state']}")
+    echo(f"  mlflow run:  {job.get('mlflow_run_id')}")
+    echo(f"  checkpoint:  {job.get('checkpoint_uri')}")
+    echo(f"  model:       {job.get('model_uri')}")
+    echo(f"  sha256:      {job.get('model_sha256')}")
     metrics = job.get("metrics") or {}
     best, last = metrics.get("best/bbox/AP"), metrics.get("bbox/AP")
     if best is not None:
         epoch = int(metrics.get("best/epoch", 0)) + 1
-        typer.echo(f"  val bbox/AP: {best:.4f} (the model's epoch {epoch}; last epoch {last:.4f})")
+        echo(f"  val bbox/AP: {best:.4f} (the model's epoch {epoch}; last epoch {last:.4f})")
     else:
-        typer.echo(f"  val bbox/AP: {last if last is not None else 'n/a'}")
+        echo(f"  val bbox/AP: {last if last is not None else 'n/a'}")
     if job.get("error"):
-        typer.echo(f"  error:       {job['error']}")
+        echo(f"  error:       {job['error']}")
 
 
 def wait_for_job(client: ApiClient, job_id: str, *, poll_s: float = 2.0) -> dict[str, Any]:
@@ -260,7 +292,7 @@ def wait_for_job(client: ApiClient, job_id: str, *, poll_s: float = 2.0) -> dict
         job = client.call("GET", f"/api/v1/finetune-jobs/{job_id}")
         line = _progress_line(job)
         if line != last:
-            typer.echo(f"[{time.strftime('%H:%M:%S')}] {line}")
+            typer.echo(f"[{time.strftime('%H:%M:%S')}] {line}", err=True)
             last = line
         if job["state"] in TERMINAL:
             return dict(job)
@@ -283,9 +315,11 @@ def finetune_submit(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="field=value (JSON value).")
     ] = None,
-    wait: Annotated[bool, typer.Option(help="Follow progress until the job ends.")] = False,
+    wait: Annotated[
+        bool, typer.Option(help="Follow progress; exit non-zero unless the job SUCCEEDED.")
+    ] = False,
 ) -> None:
-    """Submit a fine-tune job."""
+    """Submit a fine-tune job; prints its id on stdout (everything else goes to stderr)."""
     spec: dict[str, Any] = json.loads(spec_file.read_text()) if spec_file else {}
     options = {
         "dataset": dataset,
@@ -312,12 +346,27 @@ def finetune_submit(
         spec["pretrain_weights"] = _absolute(str(spec["pretrain_weights"]))
     client = ApiClient(Settings())
     job = client.call("POST", "/api/v1/finetune-jobs", json=spec)
-    typer.echo(f"submitted {job['id']} (dataset fingerprint {job['dataset_fingerprint'][:12]}...)")
+    typer.echo(
+        f"submitted {job['id']} (dataset fingerprint {job['dataset_fingerprint'][:12]}...)",
+        err=True,
+    )
+    typer.echo(job["id"])
     if wait:
-        job = wait_for_job(client, job["id"])
-        _print_job(job)
-        if job["state"] != "SUCCEEDED":
-            raise typer.Exit(1)
+        _wait_and_report(client, job["id"])
+
+
+def _wait_and_report(client: ApiClient, job_id: str) -> None:
+    job = wait_for_job(client, job_id)
+    _print_job(job, err=True)
+    if job["state"] != "SUCCEEDED":
+        typer.secho(f"job {job_id} ended {job['state']}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+
+
+@finetune_app.command("wait")
+def finetune_wait(job_id: str) -> None:
+    """Follow a job until it ends; exit non-zero unless it SUCCEEDED."""
+    _wait_and_report(ApiClient(Settings()), job_id)
 
 
 @finetune_app.command("list")

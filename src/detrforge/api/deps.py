@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, Request
 
 from detrforge.api.job_service import JobService
+from detrforge.api.readiness import Readiness
 from detrforge.api.registry_service import RegistryService
 from detrforge.api.sweep_service import SweepService
 from detrforge.platform.errors import PermissionDeniedError, UnauthenticatedError
@@ -40,6 +41,7 @@ class Services:
     targets: TargetStore
     benchmarks: BenchmarkStore
     models: RegistryService
+    readiness: Readiness
     # Built from ``jobs``, so every constructor of Services gets it.
     sweeps: SweepService = field(init=False)
 

@@ -110,7 +110,14 @@ class JobService:
                 MODULES[kind], args, submission_id=job.id, metadata={"detrforge.job_id": job.id}
             )
         except ClusterError as exc:
-            self.jobs.update(job.id, state=JobState.FAILED, error=exc.message, finished_at=_now())
+            # Kept for the record, but never mistakable for a run that started and failed.
+            self.jobs.update(
+                job.id,
+                state=JobState.FAILED,
+                error=f"never started: the Ray cluster was unreachable or refused the job "
+                f"({exc.message})",
+                finished_at=_now(),
+            )
             raise
         return self.jobs.update(job.id, ray_submission_id=submission_id)
 

@@ -17,6 +17,7 @@ from detrforge import __version__
 from detrforge.api.deps import Services
 from detrforge.api.errors import install_error_handlers
 from detrforge.api.job_service import JobService
+from detrforge.api.readiness import Readiness
 from detrforge.api.registry_service import RegistryService
 from detrforge.api.routes import evaluations, finetune, health, keys
 from detrforge.api.routes import models as model_routes
@@ -69,7 +70,8 @@ def build_services(settings: Settings) -> Services:
     """Migrate the database and wire the stores, launcher and tracker for ``settings``."""
     url = settings.resolved_database_url()
     upgrade_database(url)
-    sessions = make_session_factory(make_engine(url))
+    engine = make_engine(url)
+    sessions = make_session_factory(engine)
     artifact_root = settings.resolved_artifact_root()
     launcher = Launcher(settings.resolved_ray_address(), env=job_env(settings))
     targets = TargetStore(sessions)
@@ -100,6 +102,9 @@ def build_services(settings: Settings) -> Services:
         targets=targets,
         benchmarks=benchmarks,
         models=models,
+        readiness=Readiness(
+            engine=engine, launcher=launcher, tracker=tracker, artifact_root=artifact_root
+        ),
     )
 
 

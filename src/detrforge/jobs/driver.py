@@ -6,16 +6,21 @@ import argparse
 import json
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
 
+from detrforge.platform.cluster import wait_for_port
 from detrforge.platform.errors import DetrforgeError
 from detrforge.platform.launcher import require_resources
 from detrforge.platform.settings import Settings
 from detrforge.platform.tracking import Tracker
 
-__all__ = ["JobContext", "check_resources", "run_driver"]
+__all__ = ["JobContext", "check_resources", "exit_when_cluster_gone", "run_driver"]
+
+# Exit code of a driver whose cluster went away under it (EX_TEMPFAIL).
+CLUSTER_GONE_EXIT = 75
 
 
 class JobContext:
@@ -38,6 +43,30 @@ def check_resources(wanted: dict[str, float], *, what: str, field: str) -> None:
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
     require_resources([n.get("Resources", {}) for n in nodes], wanted, what=what, field=field)
+
+
+def exit_when_cluster_gone(gcs_address: str, *, every_s: float = 5.0, misses: int = 3) -> None:
+    """Exit this process once the cluster's GCS stops answering ``misses`` checks in a row.
+
+    A driver outlived its head for ten minutes once (and ignored SIGTERM): whatever keeps the
+    main thread busy, a driver whose cluster is gone must not linger.
+    """
+    host, _, port = gcs_address.rpartition(":")
+
+    def watch() -> None:
+        missed = 0
+        while True:
+            missed = 0 if wait_for_port(host, int(port), 2.0) else missed + 1
+            if missed >= misses:
+                print(
+                    f"detrforge: the Ray cluster at {gcs_address} is gone; this driver exits",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(CLUSTER_GONE_EXIT)
+            threading.Event().wait(every_s)
+
+    threading.Thread(target=watch, name="cluster-watch", daemon=True).start()
 
 
 def run_driver(
@@ -70,6 +99,7 @@ def run_driver(
     print(f"detrforge: job {args.job_id} MLflow run {ctx.run_id}", flush=True)
     try:
         ray.init(log_to_driver=True)
+        exit_when_cluster_gone(ray.get_runtime_context().gcs_address)
         tags = body(ctx)
     except BaseException as exc:  # noqa: BLE001 - a failed job records why, whatever it was
         message = exc.message if isinstance(exc, DetrforgeError) else f"{type(exc).__name__}: {exc}"

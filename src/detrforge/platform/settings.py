@@ -8,6 +8,7 @@ server), ``DETRFORGE_ARTIFACT_ROOT`` (``s3://bucket/prefix`` with ``AWS_ENDPOINT
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
@@ -35,6 +36,14 @@ class Settings(BaseSettings):
     ray_gcs_port: int = 6390
     ray_dashboard_port: int = 8275
     ray_num_cpus: int | None = None
+    # Where the embedded head keeps every file of its own (sessions, sockets, logs). Default:
+    # ``detrforge-ray-<gcs port>`` under Ray's ``RAY_TMPDIR``, else the system temp dir
+    # (``TMPDIR``). Kept short: Ray's unix socket paths live under it.
+    ray_temp_dir: Path | None = None
+    ray_tmpdir: Path | None = Field(default=None, validation_alias=AliasChoices("RAY_TMPDIR"))
+    # After the head serve owns dies, /ready answers 503 this long before serve exits, so load
+    # balancers see "not ready" rather than a refused connection.
+    head_exit_grace_s: float = 5.0
     host: str = "127.0.0.1"
     port: int = 8321
     api_url: str | None = None
@@ -71,6 +80,13 @@ class Settings(BaseSettings):
             address = self.ray_address
             return address if "://" in address else f"http://{address}"
         return f"http://127.0.0.1:{self.ray_dashboard_port}"
+
+    def resolved_ray_temp_dir(self) -> Path:
+        """The embedded head's own temp dir (see ``ray_temp_dir``)."""
+        if self.ray_temp_dir:
+            return self.ray_temp_dir.expanduser().absolute()
+        base = self.ray_tmpdir or Path(tempfile.gettempdir())
+        return base.expanduser().absolute() / f"detrforge-ray-{self.ray_gcs_port}"
 
     def resolved_api_url(self) -> str:
         return (self.api_url or f"http://{self.host}:{self.port}").rstrip("/")

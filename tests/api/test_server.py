@@ -1,0 +1,222 @@
+"""``detrforge serve``'s parts that need no cluster: readiness, the home lock, the head's temp
+dir, stopping a process tree, a driver whose cluster is gone, refused submits, CLI exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+from detrforge import cli
+from detrforge.api.readiness import redact_url
+from detrforge.api.server import ServeLock, holder_pid
+from detrforge.cli_client import ApiClient
+from detrforge.platform.cluster import MAX_TEMP_DIR_CHARS, check_temp_dir, stop_process_tree
+from detrforge.platform.data import DatasetInfo
+from detrforge.platform.errors import ClusterError, ConflictError
+from detrforge.platform.settings import Settings
+from detrforge.registry.entities import Role
+from fixtures_cluster import TINY_SPEC, ApiHarness
+
+
+# -- readiness ----------------------------------------------------------------------------------
+def test_ready_is_503_naming_ray_while_health_stays_ok(offline_api: ApiHarness) -> None:
+    assert offline_api.client.get("/health").status_code == 200
+    response = offline_api.client.get("/ready")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "not ready"
+    parts = body["components"]
+    assert set(parts) == {"database", "ray", "mlflow", "artifacts"}
+    assert parts["ray"]["ok"] is False
+    assert "Ray Jobs API" in parts["ray"]["message"]
+    assert offline_api.settings.resolved_ray_address() in parts["ray"]["message"]
+    for name in ("database", "mlflow", "artifacts"):
+        assert parts[name]["ok"] is True, parts[name]
+    # Readiness is a probe for load balancers: no key needed.
+    assert "Authorization" not in response.request.headers
+
+
+def test_ready_reports_a_missing_artifact_root(offline_api: ApiHarness) -> None:
+    root = Path(offline_api.settings.resolved_artifact_root().removeprefix("file://"))
+    root.rename(root.with_name("moved"))
+    try:
+        parts = offline_api.client.get("/ready").json()["components"]
+    finally:
+        root.with_name("moved").rename(root)
+    assert parts["artifacts"] == {**parts["artifacts"], "ok": False}
+    assert str(root) in parts["artifacts"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://user:secret@db:5432/x", "postgresql://db:5432/x"),
+        ("http://tok@mlflow:5000", "http://mlflow:5000"),
+        ("sqlite:////tmp/a.db", "sqlite:////tmp/a.db"),
+        ("s3://bucket/prefix", "s3://bucket/prefix"),
+    ],
+)
+def test_readiness_messages_carry_no_credentials(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+# -- one serve per home -------------------------------------------------------------------------
+def test_a_second_serve_on_the_same_home_is_refused(tmp_path: Path) -> None:
+    first = ServeLock(tmp_path / "serve.lock")
+    first.acquire()
+    assert holder_pid(tmp_path) == psutil.Process().pid
+    with pytest.raises(ConflictError, match=rf"pid {psutil.Process().pid}\) is running"):
+        ServeLock(tmp_path / "serve.lock").acquire()
+    first.release()
+    assert holder_pid(tmp_path) is None
+    again = ServeLock(tmp_path / "serve.lock")
+    again.acquire()  # released locks are free again
+    again.release()
+
+
+# -- the head's temp dir ------------------------------------------------------------------------
+def test_head_temp_dir_follows_ray_tmpdir_then_tmpdir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "sys"))
+    (tmp_path / "sys").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    settings = Settings(home=tmp_path / "home", ray_gcs_port=6400)
+    assert settings.resolved_ray_temp_dir() == tmp_path / "sys" / "detrforge-ray-6400"
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))
+    assert Settings(ray_gcs_port=6400).resolved_ray_temp_dir() == tmp_path / "ray/detrforge-ray-6400"
+    monkeypatch.setenv("DETRFORGE_RAY_TEMP_DIR", "/x/y")
+    assert Settings().resolved_ray_temp_dir() == Path("/x/y")
+
+
+def test_a_temp_dir_too_long_for_ray_sockets_is_refused_with_the_fix() -> None:
+    check_temp_dir(Path("/tmp/detrforge-ray-6390"))
+    with pytest.raises(ClusterError, match="DETRFORGE_RAY_TEMP_DIR") as caught:
+        check_temp_dir(Path("/" + "d" * MAX_TEMP_DIR_CHARS))
+    assert "107-byte" in caught.value.message
+
+
+# -- nothing outlives its head ------------------------------------------------------------------
+_TREE = """
+import os, signal, subprocess, sys, time
+# A grandchild in a session of its own that ignores SIGTERM: what Ray's job drivers look like.
+subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"],
+    start_new_session=True)
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+time.sleep(600)
+"""
+
+
+def test_stopping_a_tree_reaches_other_sessions_and_sigterm_ignorers() -> None:
+    root = subprocess.Popen([sys.executable, "-c", _TREE], start_new_session=True)
+    deadline = time.monotonic() + 20
+    while len(psutil.Process(root.pid).children(recursive=True)) < 2:
+        assert time.monotonic() < deadline, "the tree did not start"
+        time.sleep(0.1)
+    time.sleep(0.5)  # let the grandchild install its SIGTERM handler
+    tree = [p.pid for p in psutil.Process(root.pid).children(recursive=True)]
+    killed = stop_process_tree(root.pid, timeout_s=3)
+    root.wait(timeout=5)
+    assert len(killed) == 1  # only the SIGTERM-ignoring one needed SIGKILL
+    assert not [pid for pid in tree if psutil.pid_exists(pid) and _running(pid)]
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_driver_exits_once_its_cluster_is_gone() -> None:
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    code = (
+        "import time; from detrforge.jobs.driver import exit_when_cluster_gone; "
+        f"exit_when_cluster_gone('127.0.0.1:{port}', every_s=0.2, misses=3); time.sleep(120)"
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    time.sleep(2)
+    assert driver.poll() is None  # the cluster answers: the driver keeps going
+    listener.close()
+    try:
+        assert driver.wait(timeout=30) == 75
+    finally:
+        driver.kill()
+    assert driver.stderr is not None
+    assert f"the Ray cluster at 127.0.0.1:{port} is gone" in driver.stderr.read()
+
+
+# -- a submit the cluster refuses ---------------------------------------------------------------
+def test_a_refused_submit_is_503_and_its_row_says_it_never_started(
+    offline_api: ApiHarness, synth_ds: DatasetInfo
+) -> None:
+    response = offline_api.submit({**TINY_SPEC, "dataset": synth_ds.root})
+    assert response.status_code == 503
+    assert response.json()["code"] == "CLUSTER_ERROR"
+    jobs = offline_api.client.get(
+        "/api/v1/finetune-jobs", headers=offline_api.headers()
+    ).json()["items"]
+    assert len(jobs) == 1
+    assert jobs[0]["state"] == "FAILED"
+    assert jobs[0]["error"].startswith("never started: the Ray cluster was unreachable")
+    assert jobs[0]["mlflow_run_id"] is None
+
+
+# -- the CLI: an id on stdout, a non-zero exit unless SUCCEEDED ---------------------------------
+@pytest.fixture
+def cli_on(offline_api: ApiHarness, monkeypatch: pytest.MonkeyPatch) -> ApiHarness:
+    """The CLI's HTTP client wired to the in-process API (no sockets)."""
+
+    def client(settings: Settings) -> ApiClient:
+        api = ApiClient.__new__(ApiClient)
+        offline_api.client.headers.update(offline_api.headers(Role.operator))
+        api.http = offline_api.client
+        return api
+
+    monkeypatch.setattr(cli, "ApiClient", client)
+    return offline_api
+
+
+def _run(*args: str) -> Any:
+    return CliRunner().invoke(cli.app, list(args))
+
+
+def test_cli_submit_refused_prints_no_job_id_and_fails(
+    cli_on: ApiHarness, synth_ds: DatasetInfo
+) -> None:
+    result = _run(
+        "finetune", "submit", "--dataset", synth_ds.root, "--model-size", "nano",
+        "--resolution", "128", "--num-workers", "1", "--wait",
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert "HTTP 503 CLUSTER_ERROR" in result.stderr
+
+
+def test_cli_wait_fails_unless_the_job_succeeded(
+    cli_on: ApiHarness, synth_ds: DatasetInfo
+) -> None:
+    cli_on.submit({**TINY_SPEC, "dataset": synth_ds.root})
+    jobs = cli_on.client.get("/api/v1/finetune-jobs", headers=cli_on.headers()).json()
+    job_id = jobs["items"][0]["id"]
+    result = _run("finetune", "wait", job_id)
+    assert result.exit_code == 1
+    assert f"job {job_id} ended FAILED" in result.stderr
+
