@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -74,7 +74,8 @@ def wait_until(predicate: Callable[[], Any], *, timeout_s: float, every_s: float
 @pytest.fixture(scope="session")
 def ray_head() -> Iterator[LocalRayHead]:
     """A real single-node Ray head (2 CPUs) on loopback, on free ports, for the whole session."""
-    temp_dir = Path("/tmp") / f"dfray-{secrets.token_hex(3)}"
+    # In the system temp dir (TMPDIR), kept short: Ray's socket paths live under it.
+    temp_dir = Path(tempfile.mkdtemp(prefix="dfray-"))
     head = LocalRayHead(
         temp_dir=temp_dir, gcs_port=free_port(), dashboard_port=free_port(), num_cpus=2
     ).start()

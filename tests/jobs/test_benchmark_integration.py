@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,28 +26,35 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def two_nodes() -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 
-    temp_dir = Path("/tmp") / f"dfray2-{free_port()}"
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "node_ip_address": "127.0.0.1",
-            "gcs_server_port": free_port(),
-            "include_dashboard": True,
-            "dashboard_host": "127.0.0.1",
-            "dashboard_port": free_port(),
-            "dashboard_agent_listen_port": free_port(),
-            "num_cpus": 1,
-            "temp_dir": str(temp_dir),
-        },
-    )
-    worker = cluster.add_node(
-        num_cpus=1, resources={"hw_bench_x86": 1}, dashboard_agent_listen_port=free_port()
-    )
-    cluster.wait_for_nodes()
-    pin_cluster_address(cluster.address, temp_dir)
-    yield cluster, worker
-    cluster.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    temp_dir = Path(tempfile.mkdtemp(prefix="dfray2-"))
+    # Ray's Cluster writes ray_current_cluster into Ray's default temp dir ($RAY_TMPDIR/ray),
+    # which a fresh machine does not have: keep it inside this cluster's own folder.
+    (temp_dir / "ray").mkdir()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_TMPDIR", str(temp_dir))
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "node_ip_address": "127.0.0.1",
+                "gcs_server_port": free_port(),
+                "include_dashboard": True,
+                "dashboard_host": "127.0.0.1",
+                "dashboard_port": free_port(),
+                "dashboard_agent_listen_port": free_port(),
+                "num_cpus": 1,
+                "temp_dir": str(temp_dir),
+            },
+        )
+        try:
+            worker = cluster.add_node(
+                num_cpus=1, resources={"hw_bench_x86": 1}, dashboard_agent_listen_port=free_port()
+            )
+            cluster.wait_for_nodes()
+            pin_cluster_address(cluster.address, temp_dir)
+            yield cluster, worker
+        finally:
+            cluster.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture

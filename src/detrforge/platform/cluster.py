@@ -32,9 +32,10 @@ __all__ = [
 # The embedded head listens on loopback only; token auth is for heads other hosts can reach.
 AUTH_MODE = "disabled"
 
-# Ray puts unix sockets under ``<temp_dir>/session_<date>_<time>_<us>_<pid>/sockets/``; the
-# kernel limits a socket path to 107 bytes, and that suffix takes up to ~64 of them.
-MAX_TEMP_DIR_CHARS = 40
+# Ray puts unix sockets at ``<temp_dir>/session_<date>_<time>_<us>_<pid>/sockets/<name>``; the
+# kernel limits a socket path to 107 bytes. The session folder takes up to 42 characters (a 7-digit
+# pid), the longest name seen is ``dash_MetricsHead`` (16): 1 + 42 + 9 + 16 = 68 of the 107.
+MAX_TEMP_DIR_CHARS = 39
 
 
 # Ray rewrites a loopback address to the host's external one whenever it runs as a "cluster"
