@@ -93,7 +93,8 @@ def test_head_temp_dir_follows_ray_tmpdir_then_tmpdir(
     settings = Settings(home=tmp_path / "home", ray_gcs_port=6400)
     assert settings.resolved_ray_temp_dir() == tmp_path / "sys" / "detrforge-ray-6400"
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))
-    assert Settings(ray_gcs_port=6400).resolved_ray_temp_dir() == tmp_path / "ray/detrforge-ray-6400"
+    expected = tmp_path / "ray" / "detrforge-ray-6400"
+    assert Settings(ray_gcs_port=6400).resolved_ray_temp_dir() == expected
     monkeypatch.setenv("DETRFORGE_RAY_TEMP_DIR", "/x/y")
     assert Settings().resolved_ray_temp_dir() == Path("/x/y")
 
@@ -109,9 +110,8 @@ def test_a_temp_dir_too_long_for_ray_sockets_is_refused_with_the_fix() -> None:
 _TREE = """
 import os, signal, subprocess, sys, time
 # A grandchild in a session of its own that ignores SIGTERM: what Ray's job drivers look like.
-subprocess.Popen([sys.executable, "-c",
-    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"],
-    start_new_session=True)
+IGNORER = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+subprocess.Popen([sys.executable, "-c", IGNORER], start_new_session=True)
 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
 time.sleep(600)
 """
@@ -170,9 +170,9 @@ def test_a_refused_submit_is_503_and_its_row_says_it_never_started(
     response = offline_api.submit({**TINY_SPEC, "dataset": synth_ds.root})
     assert response.status_code == 503
     assert response.json()["code"] == "CLUSTER_ERROR"
-    jobs = offline_api.client.get(
-        "/api/v1/finetune-jobs", headers=offline_api.headers()
-    ).json()["items"]
+    jobs = offline_api.client.get("/api/v1/finetune-jobs", headers=offline_api.headers()).json()[
+        "items"
+    ]
     assert len(jobs) == 1
     assert jobs[0]["state"] == "FAILED"
     assert jobs[0]["error"].startswith("never started: the Ray cluster was unreachable")
@@ -210,13 +210,10 @@ def test_cli_submit_refused_prints_no_job_id_and_fails(
     assert "HTTP 503 CLUSTER_ERROR" in result.stderr
 
 
-def test_cli_wait_fails_unless_the_job_succeeded(
-    cli_on: ApiHarness, synth_ds: DatasetInfo
-) -> None:
+def test_cli_wait_fails_unless_the_job_succeeded(cli_on: ApiHarness, synth_ds: DatasetInfo) -> None:
     cli_on.submit({**TINY_SPEC, "dataset": synth_ds.root})
     jobs = cli_on.client.get("/api/v1/finetune-jobs", headers=cli_on.headers()).json()
     job_id = jobs["items"][0]["id"]
     result = _run("finetune", "wait", job_id)
     assert result.exit_code == 1
     assert f"job {job_id} ended FAILED" in result.stderr
-
