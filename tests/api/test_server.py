@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from detrforge import cli
 from detrforge.api.readiness import redact_url
 from detrforge.api.server import ServeLock, holder_pid
-from detrforge.cli_client import ApiClient
+from detrforge.cli import jobs as cli_jobs
+from detrforge.cli.client import ApiClient
 from detrforge.platform.cluster import MAX_TEMP_DIR_CHARS, check_temp_dir, stop_process_tree
 from detrforge.platform.data import DatasetInfo
 from detrforge.platform.errors import ClusterError, ConflictError
@@ -190,7 +191,7 @@ def cli_on(offline_api: ApiHarness, monkeypatch: pytest.MonkeyPatch) -> ApiHarne
         api.http = offline_api.client
         return api
 
-    monkeypatch.setattr(cli, "ApiClient", client)
+    monkeypatch.setattr(cli_jobs, "ApiClient", client)
     return offline_api
 
 

@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from detrforge.cli_client import ApiClient
-from detrforge.cli_client import absolute_uri as _absolute
-from detrforge.cli_client import fail as _fail
+from detrforge.cli.client import ApiClient, follow
+from detrforge.cli.client import absolute_uri as _absolute
+from detrforge.cli.client import fail as _fail
 from detrforge.platform.settings import Settings
 
 __all__ = ["install"]
@@ -191,24 +190,26 @@ def promote(
     typer.echo(f"promotion {promotion['id']}: {model} v{version} -> {to} ({promotion['state']})")
     if not wait:
         return
-    seen = ""
-    while promotion["state"] in ("pending", "running"):
-        time.sleep(2.0)
-        promotion = client.call("GET", f"/api/v1/promotions/{promotion['id']}")
-        jobs = ", ".join(
-            f"{e['role']} {e['kind']}{' ' + e['target'] if e.get('target') else ''}: "
-            f"{e.get('state')}"
-            for e in promotion["evidence"]
-        )
-        if jobs != seen:
-            typer.echo(f"  {promotion['state']}: {jobs}")
-            seen = jobs
+    promotion = follow(
+        client,
+        f"/api/v1/promotions/{promotion['id']}",
+        done=lambda p: p["state"] not in ("pending", "running"),
+        describe=_evidence_line,
+    )
     for gate in promotion["gate_results"]:
         mark = "PASS" if gate["passed"] else "FAIL"
         typer.echo(f"  [{mark}] {gate['gate']}: {gate['detail']}")
     typer.echo(f"{promotion['state'].upper()}: {promotion['message']}")
     if promotion["state"] != "applied":
         raise typer.Exit(1)
+
+
+def _evidence_line(promotion: dict[str, Any]) -> str:
+    jobs = ", ".join(
+        f"{e['role']} {e['kind']}{' ' + e['target'] if e.get('target') else ''}: {e.get('state')}"
+        for e in promotion["evidence"]
+    )
+    return f"{promotion['state']}: {jobs}"
 
 
 def rollback(model: str, reason: str = "") -> None:

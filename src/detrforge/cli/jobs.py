@@ -1,236 +1,31 @@
-"""The ``detrforge`` command line: serve the API, make and check datasets, drive fine-tunes."""
+"""``detrforge finetune|eval|bench ...``: submit and follow jobs over the API."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from detrforge.cli_client import ApiClient
-from detrforge.cli_client import absolute_uri as _absolute
-from detrforge.cli_client import fail as _fail
+from detrforge.cli.client import TERMINAL, ApiClient, follow
+from detrforge.cli.client import absolute_uri as _absolute
+from detrforge.cli.client import fail as _fail
 from detrforge.platform.errors import DetrforgeError
 from detrforge.platform.settings import Settings
 
-__all__ = ["app"]
+__all__ = ["bench_app", "eval_app", "finetune_app"]
 
-app = typer.Typer(
-    help="detrforge: fine-tune, gate and ship RF-DETR detectors.", no_args_is_help=True
-)
-data_app = typer.Typer(help="Make and check COCO datasets.", no_args_is_help=True)
 finetune_app = typer.Typer(
     help="Submit and follow fine-tune jobs (over the API).", no_args_is_help=True
 )
-keys_app = typer.Typer(help="API keys (direct database access, for admins on the server).")
-cluster_app = typer.Typer(help="The embedded local Ray head.", no_args_is_help=True)
 eval_app = typer.Typer(help="COCO evaluation.", no_args_is_help=True)
 bench_app = typer.Typer(help="Latency benchmarks on hardware targets.", no_args_is_help=True)
 targets_app = typer.Typer(help="Hardware targets (named benchmark profiles).", no_args_is_help=True)
 bench_app.add_typer(targets_app, name="targets")
-app.add_typer(data_app, name="data")
-app.add_typer(finetune_app, name="finetune")
-app.add_typer(keys_app, name="keys")
-app.add_typer(cluster_app, name="cluster")
-app.add_typer(eval_app, name="eval")
-app.add_typer(bench_app, name="bench")
-
-TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
-# -- serve + cluster ---------------------------------------------------------------------------
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8321).")] = None,
-) -> None:
-    """Run the control API in the foreground (and, without RAY_ADDRESS, a local Ray head).
-
-    Ctrl-C or SIGTERM stops both. Exits non-zero if the head does not come up or dies.
-    """
-    from detrforge.api.server import run_server
-
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    settings = Settings()
-    if host:
-        settings.host = host
-    if port:
-        settings.port = port
-    try:
-        code = run_server(settings, echo=lambda line: typer.echo(line, err=True))
-    except DetrforgeError as exc:
-        _fail(exc.message)
-    raise typer.Exit(code)
-
-
-@app.command()
-def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Readiness of the API and what it depends on (database, Ray, MLflow, artifacts)."""
-    import httpx
-
-    settings = Settings()
-    url = f"{settings.resolved_api_url()}/ready"
-    try:
-        response = httpx.get(url, timeout=15)
-        body = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        _fail(f"the API at {settings.resolved_api_url()} does not answer ({exc}); is serve up?")
-    if as_json:
-        typer.echo(json.dumps(body, indent=2))
-    else:
-        typer.echo(
-            f"detrforge {body.get('version')} at {settings.resolved_api_url()}: "
-            f"{body.get('status')}"
-        )
-        for name, part in (body.get("components") or {}).items():
-            mark = "ok  " if part["ok"] else "DOWN"
-            typer.echo(f"  {mark} {name:<10} {part['message']}")
-    if response.status_code != 200:
-        raise typer.Exit(1)
-
-
-@app.command()
-def stop(
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for it to exit.")] = 60.0,
-) -> None:
-    """Stop the `detrforge serve` running on DETRFORGE_HOME (and the Ray head it started)."""
-    from detrforge.api.server import holder_pid
-
-    settings = Settings()
-    pid = holder_pid(settings.resolved_home())
-    if pid is None:
-        _fail(f"no `detrforge serve` is running on {settings.resolved_home()}")
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if holder_pid(settings.resolved_home()) is None:
-            typer.echo(f"stopped detrforge serve (pid {pid}) and its Ray head")
-            return
-        time.sleep(0.5)
-    _fail(f"detrforge serve (pid {pid}) did not exit within {timeout:.0f} s")
-
-
-@cluster_app.command("down")
-def cluster_down() -> None:
-    """Stop a local Ray head left running by an earlier serve (serve stops its own head)."""
-    import psutil
-
-    from detrforge.api.server import head_pid_file
-    from detrforge.platform.cluster import stop_process_tree
-
-    pid_file = head_pid_file(Settings().resolved_home())
-    if not pid_file.exists():
-        _fail("no local Ray head recorded in DETRFORGE_HOME")
-    pid = int(pid_file.read_text())
-    try:
-        is_head = "detrforge.platform.ray_head" in " ".join(psutil.Process(pid).cmdline())
-    except psutil.NoSuchProcess:
-        is_head = False
-    if not is_head:
-        pid_file.unlink()
-        _fail(f"the recorded Ray head (pid {pid}) is no longer running; nothing to stop")
-    killed = stop_process_tree(pid)
-    pid_file.unlink()
-    suffix = f" ({len(killed)} process(es) needed SIGKILL)" if killed else ""
-    typer.echo(f"stopped the local Ray head (pid {pid}) and every process it started{suffix}")
-
-
-# -- keys ---------------------------------------------------------------------------------------
-@keys_app.command("create")
-def keys_create(
-    role: Annotated[str, typer.Option(help="viewer, operator, approver or admin")] = "viewer",
-    name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
-) -> None:
-    """Create an API key and print it once."""
-    from detrforge.platform.db import make_engine, make_session_factory, upgrade_database
-    from detrforge.registry.entities import Role
-    from detrforge.registry.keys import KeyStore
-
-    try:
-        role_value = Role(role)
-    except ValueError:
-        _fail(f"--role must be one of {[r.value for r in Role]}, got {role!r}", 2)
-    settings = Settings()
-    url = settings.resolved_database_url()
-    upgrade_database(url)
-    store = KeyStore(make_session_factory(make_engine(url)))
-    key, secret = store.create(name=name or f"{role}-{int(time.time())}", role=role_value)
-    typer.echo(f"id: {key.id}\nrole: {key.role.value}\nkey: {secret}\n(shown once; store it now)")
-
-
-# -- data ---------------------------------------------------------------------------------------
-@data_app.command("synth")
-def data_synth(
-    out: Annotated[Path, typer.Option(help="Folder to write (must be empty or absent).")],
-    seed: int = 0,
-    classes: Annotated[int, typer.Option(help="Number of shape classes.")] = 1,
-    train: Annotated[int, typer.Option(help="Training images.")] = 64,
-    valid: Annotated[int, typer.Option(help="Validation images.")] = 16,
-    test: Annotated[int, typer.Option(help="Test images.")] = 0,
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
-    max_objects: int = 3,
-) -> None:
-    """Write a deterministic synthetic COCO dataset (coloured shapes)."""
-    from detrforge.platform.data import synth_dataset
-
-    try:
-        info = synth_dataset(
-            out,
-            seed=seed,
-            num_classes=classes,
-            train_images=train,
-            valid_images=valid,
-            test_images=test,
-            image_size=size,
-            max_objects=max_objects,
-        )
-    except DetrforgeError as exc:
-        _fail(exc.message, 2)
-    typer.echo(f"wrote {out}: {info.num_images} images, classes {list(info.class_names)}")
-    typer.echo(f"fingerprint {info.fingerprint}")
-
-
-@data_app.command("validate")
-def data_validate(
-    path: Path, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
-) -> None:
-    """Check a dataset in rfdetr's COCO layout; lists every problem with file and field."""
-    from detrforge.platform.data import require_valid_dataset, validate_dataset
-
-    problems = validate_dataset(path)
-    if problems:
-        if as_json:
-            typer.echo(json.dumps({"valid": False, "problems": problems}, indent=2))
-        else:
-            for p in problems:
-                typer.echo(f"{p['file']}: {p['field']}: {p['message']}")
-            typer.secho(f"{len(problems)} problem(s)", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1)
-    info = require_valid_dataset(path)
-    if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "valid": True,
-                    "fingerprint": info.fingerprint,
-                    "classes": info.class_names,
-                    "images": info.num_images,
-                },
-                indent=2,
-            )
-        )
-    else:
-        typer.echo(f"valid: {info.num_images} images, classes {list(info.class_names)}")
-        typer.echo(f"fingerprint {info.fingerprint}")
-
-
-# -- eval ---------------------------------------------------------------------------------------
 @eval_app.command("detections")
 def eval_detections(
     annotations: Annotated[Path, typer.Option(help="COCO ground truth JSON.")],
@@ -248,7 +43,6 @@ def eval_detections(
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_stats_table(result))
 
 
-# -- finetune (HTTP client) --------------------------------------------------------------------
 def _progress_line(job: dict[str, Any]) -> str:
     p, m, spec = job.get("progress") or {}, job.get("metrics") or {}, job.get("spec") or {}
     parts = [job["state"]]
@@ -285,18 +79,15 @@ def _print_job(job: dict[str, Any], *, err: bool = False) -> None:
         echo(f"  error:       {job['error']}")
 
 
-def wait_for_job(client: ApiClient, job_id: str, *, poll_s: float = 2.0) -> dict[str, Any]:
-    """Poll the job, printing a progress line on change, until it ends."""
-    last = ""
-    while True:
-        job = client.call("GET", f"/api/v1/finetune-jobs/{job_id}")
-        line = _progress_line(job)
-        if line != last:
-            typer.echo(f"[{time.strftime('%H:%M:%S')}] {line}", err=True)
-            last = line
-        if job["state"] in TERMINAL:
-            return dict(job)
-        time.sleep(poll_s)
+def wait_for_job(client: ApiClient, job_id: str) -> dict[str, Any]:
+    """Follow a fine-tune job to its end, printing a progress line (stderr) on each change."""
+    return follow(
+        client,
+        f"/api/v1/finetune-jobs/{job_id}",
+        done=lambda job: job["state"] in TERMINAL,
+        describe=_progress_line,
+        err=True,
+    )
 
 
 @finetune_app.command("submit")
@@ -422,11 +213,7 @@ def finetune_cancel(job_id: str) -> None:
 
 
 def _wait_generic(client: ApiClient, path: str) -> dict[str, Any]:
-    while True:
-        job = client.call("GET", path)
-        if job["state"] in TERMINAL:
-            return dict(job)
-        time.sleep(2.0)
+    return follow(client, path, done=lambda job: job["state"] in TERMINAL)
 
 
 def _checkpoint_body(job: str | None, checkpoint: str | None) -> dict[str, Any]:
@@ -551,17 +338,3 @@ def targets_list() -> None:
     """List hardware targets."""
     for t in ApiClient(Settings()).call("GET", "/api/v1/hardware-targets")["items"]:
         typer.echo(f"{t['name']:<16} {t['backend']:<11} {t['precision']} {t['resources']}")
-
-
-# The registry and sweep commands live in their own modules (they share cli_client with this one).
-from detrforge import cli_registry  # noqa: E402
-
-cli_registry.install(app)
-
-# The sweep commands too (`detrforge sweep ...`).
-from detrforge import cli_sweep  # noqa: E402
-
-cli_sweep.install(app)
-
-if __name__ == "__main__":
-    app()

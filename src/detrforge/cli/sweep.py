@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from detrforge.cli.client import TERMINAL, ApiClient, follow
 from detrforge.platform.settings import Settings
 
 __all__ = ["install", "sweep_app"]
@@ -19,9 +19,7 @@ sweep_app = typer.Typer(
 )
 
 
-def _client() -> Any:
-    from detrforge.cli_client import ApiClient
-
+def _client() -> ApiClient:
     return ApiClient(Settings())
 
 
@@ -89,16 +87,12 @@ def sweep_submit(
     typer.echo(f"submitted {job['id']}")
     if not wait:
         return
-    last = ""
-    while True:
-        sweep = client.call("GET", f"/api/v1/sweeps/{job['id']}")
-        line = _line(sweep)
-        if line != last:
-            typer.echo(f"[{time.strftime('%H:%M:%S')}] {line}")
-            last = line
-        if sweep["state"] in {"SUCCEEDED", "FAILED", "CANCELLED"}:
-            break
-        time.sleep(2.0)
+    sweep = follow(
+        client,
+        f"/api/v1/sweeps/{job['id']}",
+        done=lambda sweep: sweep["state"] in TERMINAL,
+        describe=_line,
+    )
     _print_trials(sweep["trials"])
     if sweep["state"] != "SUCCEEDED":
         typer.echo(f"  error: {sweep.get('error')}")

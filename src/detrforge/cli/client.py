@@ -1,12 +1,10 @@
-"""What every CLI command group shares: the API client, error exit, URI normalisation.
-
-Kept apart from ``cli.py`` so the command modules (``cli_registry``, ``cli_sweep``) import it
-without importing ``cli`` itself, which installs them (``python -m detrforge.cli`` would otherwise
-import itself twice).
-"""
+"""What every command module of the CLI shares: the API client, the error exit, URI
+normalisation and the one wait loop (``follow``)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -14,7 +12,7 @@ import typer
 
 from detrforge.platform.settings import Settings
 
-__all__ = ["ApiClient", "absolute_uri", "fail"]
+__all__ = ["TERMINAL", "ApiClient", "absolute_uri", "fail", "follow"]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -75,3 +73,34 @@ class ApiClient:
 
 def absolute_uri(uri: str) -> str:
     return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+
+
+# Terminal states of jobs (fine-tunes, evaluations, benchmarks, sweeps).
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+
+
+def follow(
+    client: ApiClient,
+    path: str,
+    *,
+    done: Callable[[dict[str, Any]], bool],
+    describe: Callable[[dict[str, Any]], str] | None = None,
+    err: bool = False,
+    poll_s: float = 2.0,
+) -> dict[str, Any]:
+    """GET ``path`` until ``done(body)``; print ``describe(body)`` each time it changes.
+
+    The one wait loop of the CLI: ``--wait`` on jobs, evaluations, benchmarks, sweeps and
+    promotions all end here, on any terminal state (the caller decides what counts as success).
+    """
+    last = None
+    while True:
+        body = dict(client.call("GET", path))
+        if describe is not None:
+            line = describe(body)
+            if line != last:
+                typer.echo(f"[{time.strftime('%H:%M:%S')}] {line}", err=err)
+                last = line
+        if done(body):
+            return body
+        time.sleep(poll_s)

@@ -1,0 +1,5 @@
+"""``python -m detrforge.cli``."""
+
+from detrforge.cli import app
+
+app()
