@@ -26,7 +26,15 @@ from detrforge.platform.data import DatasetInfo, synth_dataset
 from detrforge.platform.db import make_engine, make_session_factory
 from detrforge.registry.entities import PromotionState, Role, Stage
 from detrforge.registry.models import ModelRegistry
-from fixtures_cluster import TINY_SPEC, ApiHarness, free_port, harness, make_settings, wait_until
+from fixtures_cluster import (
+    DATA_ROOTS,
+    TINY_SPEC,
+    ApiHarness,
+    free_port,
+    harness,
+    make_settings,
+    wait_until,
+)
 from fixtures_db import POSTGRES_URL_VARIABLE, _fresh_postgres_database
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -231,6 +239,7 @@ class _Server:
             "DETRFORGE_RAY_ADDRESS": ray_address,
             "DETRFORGE_PORT": str(port),
             "DETRFORGE_RECONCILE_INTERVAL_S": "1",
+            "DETRFORGE_DATA_ROOTS": os.pathsep.join(str(root) for root in DATA_ROOTS),
         }
         self.process: subprocess.Popen[bytes] | None = None
 
