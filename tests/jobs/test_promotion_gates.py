@@ -335,7 +335,7 @@ def test_api_killed_between_gates_and_commit_recovers(
         timeout_s=120,
         every_s=1,
     )
-    assert [g["gate"] for g in final["gate_results"]] == ["p95_sla"]
+    assert [g["gate"] for g in final["gate_results"]] == ["integrity", "p95_sla"]
     assert registry.get_version("crash", 2).stage == Stage.production
     assert registry.get_version("crash", 1).stage == Stage.archived
     events, _ = registry.audit(model_name="crash", request_id=second["request_id"])

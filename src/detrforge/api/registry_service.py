@@ -386,14 +386,19 @@ class RegistryService:
         except _EvidenceFailed as exc:
             self.registry.update_promotion(promotion.id, evidence=evidence)
             return self._finish(promotion, [], passed=False, message=str(exc))
-        results = check_gates(
-            policy,
-            _evidence_for("candidate", candidate, evidence),
-            _evidence_for("baseline", baseline_version, evidence) if baseline_version else None,
-        )
+        # The stored bytes are re-hashed once more just before the stage changes: what is
+        # promoted is exactly what was registered, however long the evidence took.
+        results = [
+            self._integrity_gate(candidate),
+            *check_gates(
+                policy,
+                _evidence_for("candidate", candidate, evidence),
+                _evidence_for("baseline", baseline_version, evidence) if baseline_version else None,
+            ),
+        ]
         passed = all(result.passed for result in results)
         failed = [r for r in results if not r.passed]
-        if policy.is_empty:
+        if policy.is_empty and passed:
             message = "no gates configured for this model: promoted without checks"
         elif passed:
             message = f"all {len(results)} gates passed"
