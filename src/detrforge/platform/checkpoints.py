@@ -63,7 +63,8 @@ def load_rfdetr_checkpoint(path: Path) -> Mapping[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle means "not a checkpoint"
         raise ValueError(f"not loadable with weights_only=True ({type(exc).__name__})") from None
     model = data.get("model") if isinstance(data, Mapping) else None
-    if not isinstance(model, Mapping) or _HEAD_KEY not in model:
+    # Wrappers (DDP, EMA) may prefix the keys, so the head is looked for by suffix.
+    if not isinstance(model, Mapping) or not any(str(k).endswith(_HEAD_KEY) for k in model):
         raise ValueError(f"no 'model' state dict with {_HEAD_KEY!r}")
     if not all(isinstance(value, torch.Tensor) for value in model.values()):
         raise ValueError("the 'model' state dict holds values that are not tensors")
