@@ -41,6 +41,18 @@ TINY_SPEC: dict[str, Any] = {
 }
 
 
+# Where test servers read user-given paths from (settings.data_roots): pytest's temporary
+# folders, where fixtures write datasets and checkpoints, and the repo's ../shared data. Filled
+# in once per session by ``_data_roots`` (pytest chooses the temporary base at run time).
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared"
+DATA_ROOTS: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_roots(tmp_path_factory: pytest.TempPathFactory) -> None:
+    DATA_ROOTS[:] = [tmp_path_factory.getbasetemp(), SHARED_DATA]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -131,6 +143,7 @@ def make_settings(
         artifact_root=artifact_root,
         mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
         reconcile_interval_s=1.0,
+        data_roots=tuple(DATA_ROOTS),
     )
 
 

@@ -59,12 +59,22 @@ def test_body_not_an_object_is_422(offline_api: ApiHarness) -> None:
     assert response.json()["code"] == "INVALID_SPEC"
 
 
-def test_missing_weights_file_is_named(offline_api: ApiHarness, synth_ds: DatasetInfo) -> None:
-    response = offline_api.submit(
+def test_missing_weights_file_is_named(
+    offline_api: ApiHarness, synth_ds: DatasetInfo, tmp_path: Path
+) -> None:
+    inside = offline_api.submit(
+        {**TINY_SPEC, "dataset": synth_ds.root, "pretrain_weights": str(tmp_path / "w.pth")}
+    )
+    assert inside.status_code == 422
+    assert inside.json()["field"] == "pretrain_weights"
+    assert inside.json()["message"].endswith("does not exist or is not a file")
+    # Outside the data roots nothing tells whether the file is there.
+    outside = offline_api.submit(
         {**TINY_SPEC, "dataset": synth_ds.root, "pretrain_weights": "/nope/weights.pth"}
     )
-    assert response.status_code == 404
-    assert response.json()["field"] == "pretrain_weights"
+    assert outside.status_code == 422
+    assert outside.json()["field"] == "pretrain_weights"
+    assert "not under a data root" in outside.json()["message"]
 
 
 def _broken_copy(src: str, tmp_path: Path) -> Path:
@@ -156,5 +166,6 @@ def test_malformed_dataset_is_422_with_file_and_field(
 
 def test_dataset_that_does_not_exist(offline_api: ApiHarness, tmp_path: Path) -> None:
     response = offline_api.submit({**TINY_SPEC, "dataset": str(tmp_path / "nothing")})
-    assert response.status_code in (404, 422)
-    assert "nothing" in response.json()["message"]
+    assert response.status_code == 422
+    assert response.json()["field"] == "dataset"
+    assert response.json()["message"] == f"dataset: {tmp_path / 'nothing'} does not exist"

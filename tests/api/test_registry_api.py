@@ -5,11 +5,13 @@ that need no cluster job; the gates that do are in tests/jobs/test_promotion_gat
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import shutil
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from mlflow import MlflowClient
@@ -73,7 +75,9 @@ def test_register_verifies_sha256_and_reads_class_names(
 ) -> None:
     version = _register(model_api, nano_checkpoint, description="first")
     assert version["version"] == 1 and version["stage"] == "none"
-    assert len(version["checkpoint_sha256"]) == 64
+    sha256 = hashlib.sha256(nano_checkpoint.read_bytes()).hexdigest()
+    assert version["checkpoint_sha256"] == sha256
+    assert version["checkpoint_uri"] == f"{_artifacts(model_api)}/blobs/sha256/{sha256}"
     assert version["checkpoint_bytes"] == nano_checkpoint.stat().st_size
     assert version["class_names"]  # read from the checkpoint's args
     assert version["mlflow_version"] == "1"
@@ -85,6 +89,7 @@ def test_register_verifies_sha256_and_reads_class_names(
     )
     assert wrong.status_code == 409
     assert "checkpoint changed or corrupt" in wrong.json()["message"]
+    assert wrong.json()["field"] == "checkpoint_sha256" and sha256 not in wrong.text
     bad_res = _post(
         model_api,
         f"/models/{MODEL}/versions",
@@ -150,24 +155,117 @@ def test_rollback_with_no_production_is_409(model_api: ApiHarness) -> None:
     assert "no production version" in response.json()["message"]
 
 
-def test_tampered_checkpoint_fails_promotion(
-    model_api: ApiHarness, nano_checkpoint: Path, tmp_path: Path
-) -> None:
-    copy = tmp_path / "copy.pth"
-    shutil.copyfile(nano_checkpoint, copy)
-    _register(model_api, copy)
-    with copy.open("r+b") as handle:  # flip bytes after registration
-        handle.seek(1000)
+def _flip_byte(path: Path, offset: int = 1000) -> None:
+    with path.open("r+b") as handle:
+        handle.seek(offset)
         byte = handle.read(1)
-        handle.seek(1000)
+        handle.seek(offset)
         handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _artifacts(api: ApiHarness) -> str:
+    return api.settings.resolved_artifact_root()
+
+
+def _local(uri: str) -> Path:
+    return Path(unquote(urlsplit(uri).path))
+
+
+def test_tampered_blob_fails_promotion(model_api: ApiHarness, nano_checkpoint: Path) -> None:
+    version = _register(model_api, nano_checkpoint)
+    _flip_byte(_local(version["checkpoint_uri"]))  # the registry's own copy changes
     promotion = _promote_and_wait(model_api, 1)
     assert promotion["state"] == "failed"
     assert promotion["message"].startswith("checkpoint changed or corrupt")
     [gate] = promotion["gate_results"]
     assert gate["gate"] == "integrity" and gate["passed"] is False
+    assert gate["evidence"]["uri"] == version["checkpoint_uri"]
     assert _get(model_api, f"/models/{MODEL}/versions/1")["stage"] == "none"
     assert _alias(model_api, "production") is None
+
+
+def test_version_bytes_come_only_from_its_blob(
+    model_api: ApiHarness, nano_checkpoint: Path, tmp_path: Path
+) -> None:
+    original = tmp_path / "copy.pth"
+    shutil.copyfile(nano_checkpoint, original)
+    version = _register(model_api, original)
+    registered = version["checkpoint_sha256"]
+    assert version["checkpoint_uri"] == f"{_artifacts(model_api)}/blobs/sha256/{registered}"
+    # The caller's file is replaced after registration: the version does not notice.
+    _flip_byte(original)
+    assert hashlib.sha256(original.read_bytes()).hexdigest() != registered
+    blob = _local(version["checkpoint_uri"])
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == registered
+    promotion = _promote_and_wait(model_api, 1, to="staging")
+    assert promotion["state"] == "applied", promotion
+    [gate] = promotion["gate_results"]
+    assert (gate["gate"], gate["passed"]) == ("integrity", True)
+    assert gate["evidence"] == {
+        "uri": version["checkpoint_uri"],
+        "sha256": registered,
+        "registered": registered,
+    }
+    assert _get(model_api, f"/models/{MODEL}/aliases/staging")["checkpoint_uri"] == blob.as_uri()
+    # Registering the same bytes again reuses the blob; the audit keeps where they came from.
+    again = _register(model_api, nano_checkpoint)
+    assert again["checkpoint_uri"] == version["checkpoint_uri"]
+    assert sorted(p.name for p in blob.parent.iterdir()) == [registered]
+    [event, _] = _get(model_api, "/audit", model=MODEL, action="version.register")["items"]
+    assert event["details"]["source_uri"] == str(original)
+
+
+def test_evaluation_evidence_reads_the_blob(
+    model_api: ApiHarness, nano_checkpoint: Path, shapes_dataset: Path, tmp_path: Path
+) -> None:
+    original = tmp_path / "copy.pth"
+    shutil.copyfile(nano_checkpoint, original)
+    version = _register(model_api, original)
+    original.unlink()
+    policy = {"eval": {"dataset": str(shapes_dataset)}, "ap_floor": 0.0}
+    response = model_api.client.put(
+        f"/api/v1/models/{MODEL}/policy", json=policy, headers=model_api.headers(Role.approver)
+    )
+    assert response.status_code == 200, response.text
+    promote = _post(model_api, f"/models/{MODEL}/versions/1/promotions", {"to": "staging"})
+    assert promote.status_code == 202, promote.text
+    # No cluster here: the promotion submits its evaluation, which Ray cannot take yet.
+    jobs = wait_until(lambda: _get(model_api, "/evaluations")["items"], timeout_s=30, every_s=0.2)
+    spec = jobs[0]["spec"]
+    assert (spec["checkpoint"], spec["checkpoint_sha256"]) == (
+        version["checkpoint_uri"],
+        version["checkpoint_sha256"],
+    )
+    # A caller naming the blob gets its bytes re-verified against the name by the job.
+    direct = _post(
+        model_api,
+        "/evaluations",
+        {
+            "checkpoint": version["checkpoint_uri"],
+            "dataset": str(shapes_dataset),
+            "resolution": 128,
+        },
+        Role.operator,
+    )
+    assert direct.status_code == 503, direct.text
+    newest = _get(model_api, "/evaluations")["items"]
+    assert any(
+        job["spec"]["checkpoint_sha256"] == version["checkpoint_sha256"]
+        and job["created_by"] == "key:test-operator"
+        for job in newest
+    )
+    wrong = _post(
+        model_api,
+        "/evaluations",
+        {
+            "checkpoint": version["checkpoint_uri"],
+            "checkpoint_sha256": "0" * 64,
+            "dataset": str(shapes_dataset),
+            "resolution": 128,
+        },
+        Role.operator,
+    )
+    assert wrong.status_code == 422 and wrong.json()["field"] == "checkpoint_sha256"
 
 
 def test_twenty_concurrent_promotions(model_api: ApiHarness, nano_checkpoint: Path) -> None:

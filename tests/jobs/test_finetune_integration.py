@@ -21,6 +21,7 @@ from detrforge.platform.cluster import LocalRayHead
 from detrforge.platform.data import DatasetInfo
 from detrforge.platform.tracking import Tracker
 from fixtures_cluster import (
+    DATA_ROOTS,
     TINY_SPEC,
     ApiHarness,
     free_port,
@@ -215,6 +216,7 @@ def test_api_restart_reconciles_running_job(
         "DETRFORGE_PORT": str(port),
         "RAY_ADDRESS": ray_head.dashboard_url,
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "DETRFORGE_DATA_ROOTS": os.pathsep.join(str(root) for root in DATA_ROOTS),
     }
     base = f"http://127.0.0.1:{port}"
     server = _serve(env, tmp_path / "serve.log")

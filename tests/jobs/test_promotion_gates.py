@@ -26,7 +26,15 @@ from detrforge.platform.data import DatasetInfo, synth_dataset
 from detrforge.platform.db import make_engine, make_session_factory
 from detrforge.registry.entities import PromotionState, Role, Stage
 from detrforge.registry.models import ModelRegistry
-from fixtures_cluster import TINY_SPEC, ApiHarness, free_port, harness, make_settings, wait_until
+from fixtures_cluster import (
+    DATA_ROOTS,
+    TINY_SPEC,
+    ApiHarness,
+    free_port,
+    harness,
+    make_settings,
+    wait_until,
+)
 from fixtures_db import POSTGRES_URL_VARIABLE, _fresh_postgres_database
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -231,6 +239,7 @@ class _Server:
             "DETRFORGE_RAY_ADDRESS": ray_address,
             "DETRFORGE_PORT": str(port),
             "DETRFORGE_RECONCILE_INTERVAL_S": "1",
+            "DETRFORGE_DATA_ROOTS": os.pathsep.join(str(root) for root in DATA_ROOTS),
         }
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -326,7 +335,7 @@ def test_api_killed_between_gates_and_commit_recovers(
         timeout_s=120,
         every_s=1,
     )
-    assert [g["gate"] for g in final["gate_results"]] == ["p95_sla"]
+    assert [g["gate"] for g in final["gate_results"]] == ["integrity", "p95_sla"]
     assert registry.get_version("crash", 2).stage == Stage.production
     assert registry.get_version("crash", 1).stage == Stage.archived
     events, _ = registry.audit(model_name="crash", request_id=second["request_id"])

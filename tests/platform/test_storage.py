@@ -21,6 +21,7 @@ from detrforge.platform.storage import (
     LocalArtifactStore,
     S3ArtifactStore,
     StoredObject,
+    blob_sha256,
     fetch_local,
     open_store,
     sha256_file,
@@ -168,6 +169,46 @@ def test_missing_object_is_not_found(backend: Backend, tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="no local file"):
         store.put_file(tmp_path / "absent.bin", "a.bin")
     assert not (tmp_path / "x").exists()
+
+
+def test_put_blob_is_content_addressed_and_written_once(backend: Backend, tmp_path: Path) -> None:
+    data = os.urandom(3000)
+    digest = hashlib.sha256(data).hexdigest()
+    local = _write(tmp_path / "w.pth", data)
+    stored = backend.store.put_blob(local, digest)
+    assert stored == StoredObject(
+        uri=backend.store.uri_for(f"blobs/sha256/{digest}"), sha256=digest, size=3000
+    )
+    assert blob_sha256(stored.uri) == digest
+    assert backend.store.size(stored.uri) == 3000
+    # Present with the same bytes: kept as it is (the local file is not even read again).
+    local.write_bytes(b"changed")
+    assert backend.store.put_blob(local, digest) == stored
+    backend.store.verify(stored.uri, digest)
+    # Bytes that do not hash to the name are never stored under it.
+    backend.overwrite(stored.uri, b"tampered")
+    with pytest.raises(IntegrityError):
+        backend.store.put_blob(local, digest)
+    assert not backend.store.exists(stored.uri)
+    # A damaged blob is rewritten only with the bytes its name promises.
+    _write(local, data)
+    backend.overwrite(stored.uri, b"tampered")
+    assert backend.store.put_blob(local, digest) == stored
+    backend.store.verify(stored.uri, digest)
+    with pytest.raises(StorageError):
+        backend.store.put_blob(local, "../../etc/passwd")
+    with pytest.raises(NotFoundError):
+        backend.store.size(backend.store.uri_for("blobs/none"))
+
+
+def test_blob_sha256_reads_only_blob_uris() -> None:
+    digest = "ab" * 32
+    assert blob_sha256(f"file:///a/blobs/sha256/{digest}") == digest
+    assert blob_sha256(f"s3://b/p/blobs/sha256/{digest}") == digest
+    assert blob_sha256(f"/a/blobs/sha256/{digest}") == digest
+    assert blob_sha256(f"file:///a/other/sha256/{digest}") is None
+    assert blob_sha256("file:///a/blobs/sha256/ABC") is None
+    assert blob_sha256(f"file:///a/blobs/sha256/{digest}.pth") is None
 
 
 @pytest.mark.parametrize("key", ["../escape.bin", "a/../../escape.bin", "/etc/passwd", ".."])

@@ -24,8 +24,9 @@ from detrforge.platform.errors import (
     NotFoundError,
 )
 from detrforge.platform.launcher import Launcher, require_resources
+from detrforge.platform.sources import SourcePolicy
 from detrforge.platform.specs import BenchmarkSpec, EvaluateSpec, FinetuneSpec, parse_spec
-from detrforge.platform.storage import fetch_local, open_store
+from detrforge.platform.storage import blob_sha256, fetch_local, open_store
 from detrforge.platform.tracking import Tracker
 from detrforge.registry.entities import Job, JobState, Principal
 from detrforge.registry.jobs import JobStore
@@ -67,6 +68,8 @@ class JobService:
     tracker: Tracker
     artifact_root: str
     cache_dir: Path
+    # Which paths and URIs callers may name (datasets, checkpoints, weights).
+    sources: SourcePolicy
     schedule_timeout_s: float = 600.0
     targets: Any = None  # registry.targets.TargetStore
     benchmarks: Any = None  # registry.benchmarks.BenchmarkStore
@@ -75,21 +78,40 @@ class JobService:
     succeeded_hooks: dict[str, Callable[[Job, str | None], None]] = field(default_factory=dict)
 
     # -- intake + submit ----------------------------------------------------------------------
-    def intake_dataset(self, uri: str) -> DatasetInfo:
-        """Bring the dataset here (s3:// is downloaded) and validate it; raises on any problem."""
-        local = fetch_local(uri, self.cache_dir / "datasets")
+    def intake_dataset(self, uri: str, *, field: str = "dataset") -> DatasetInfo:
+        """Bring the dataset here (s3:// is downloaded) and validate it; raises on any problem.
+
+        Raises:
+            InvalidSpecError: the source policy refuses ``uri``, or nothing is there.
+            InvalidDatasetError: the dataset is malformed.
+        """
+        source = self.sources.check(uri, field=field)
+        try:
+            local = fetch_local(source, self.cache_dir / "datasets")
+        except NotFoundError:
+            raise InvalidSpecError(f"{field}: {uri} does not exist", field=field) from None
         return require_valid_dataset(Path(local))
+
+    def require_file(self, uri: str, *, field: str) -> str:
+        """``uri`` admitted by the source policy and naming an existing file; its canonical form.
+
+        Raises:
+            InvalidSpecError: refused by the policy, or nothing is there.
+        """
+        source = self.sources.check(uri, field=field)
+        if source.startswith("s3://"):
+            found = open_store(source).exists(source)
+        else:
+            found = Path(source).is_file()
+        if not found:
+            raise InvalidSpecError(f"{field}: {uri} does not exist or is not a file", field=field)
+        return source
 
     def submit_finetune(self, body: Any, *, principal: Principal) -> Job:
         """Validate ``body`` and the dataset, record the job, then submit it to Ray."""
         spec: FinetuneSpec = parse_spec(FinetuneSpec, body)
-        if spec.pretrain_weights and not spec.pretrain_weights.startswith("s3://"):
-            if not Path(spec.pretrain_weights).is_file():
-                raise NotFoundError(
-                    f"pretrain_weights {spec.pretrain_weights!r} is not a file on the server; give "
-                    "an existing .pth path or an s3:// URI",
-                    field="pretrain_weights",
-                )
+        if spec.pretrain_weights:
+            self.require_file(spec.pretrain_weights, field="pretrain_weights")
         info = self.intake_dataset(spec.dataset)
         return self._submit("finetune", spec, principal=principal, fingerprint=info.fingerprint)
 
@@ -127,6 +149,11 @@ class JobService:
         body = dict(body)
         job_id = body.pop("job_id", None)
         if job_id is None:
+            checkpoint = body.get("checkpoint")
+            registered = blob_sha256(checkpoint) if isinstance(checkpoint, str) else None
+            if registered is not None:
+                # A registered version's bytes: the job re-verifies them against their name.
+                body.setdefault("checkpoint_sha256", registered)
             return body
         job = self.jobs.get(str(job_id))
         if job.kind != "finetune" or job.state != JobState.SUCCEEDED or not job.model_uri:
@@ -146,7 +173,7 @@ class JobService:
         if not isinstance(body, dict):
             raise InvalidSpecError("the body must be a JSON object", field=None)
         spec: EvaluateSpec = parse_spec(EvaluateSpec, self._checkpoint_fields(body))
-        self._check_checkpoint(spec.checkpoint)
+        self._check_checkpoint(spec.checkpoint, spec.checkpoint_sha256)
         info = self.intake_dataset(spec.dataset)
         return self._submit("evaluate", spec, principal=principal, fingerprint=info.fingerprint)
 
@@ -170,7 +197,9 @@ class JobService:
             raise InvalidSpecError(
                 f"precision {spec.precision} is not measured yet; use fp32", field="precision"
             )
-        self._check_checkpoint(spec.checkpoint)
+        self._check_checkpoint(spec.checkpoint, spec.checkpoint_sha256)
+        if spec.dataset:  # refused sources answer before the cluster is asked anything
+            self.sources.check(spec.dataset, field="dataset")
         require_resources(
             self.launcher.node_resources(),
             {"CPU": float(spec.num_threads or 1), **spec.target_resources},
@@ -180,13 +209,15 @@ class JobService:
         fingerprint = self.intake_dataset(spec.dataset).fingerprint if spec.dataset else None
         return self._submit("benchmark", spec, principal=principal, fingerprint=fingerprint)
 
-    def _check_checkpoint(self, uri: str) -> None:
-        if "://" not in uri and not Path(uri).is_file():
-            raise NotFoundError(f"checkpoint {uri} is not a file on the server", field="checkpoint")
-        if uri.startswith(("file://", "s3://")) and not open_store(uri.rsplit("/", 1)[0]).exists(
-            uri
-        ):
-            raise NotFoundError(f"checkpoint {uri} does not exist", field="checkpoint")
+    def _check_checkpoint(self, uri: str, sha256: str | None) -> None:
+        self.require_file(uri, field="checkpoint")
+        registered = blob_sha256(uri)
+        if registered is not None and sha256 not in (None, registered):
+            raise InvalidSpecError(
+                "checkpoint_sha256: it differs from the sha256 of the registered checkpoint named "
+                "by checkpoint; leave it out to use the registered bytes",
+                field="checkpoint_sha256",
+            )
 
     # -- cancel ---------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> Job:

@@ -27,6 +27,7 @@ from detrforge.platform.cluster import ray_client_env
 from detrforge.platform.db import make_engine, make_session_factory, upgrade_database
 from detrforge.platform.launcher import Launcher
 from detrforge.platform.settings import Settings
+from detrforge.platform.sources import SourcePolicy
 from detrforge.platform.tracking import Tracker
 from detrforge.registry.benchmarks import BenchmarkStore
 from detrforge.registry.jobs import JobStore
@@ -77,6 +78,11 @@ def build_services(settings: Settings) -> Services:
     targets = TargetStore(sessions)
     benchmarks = BenchmarkStore(sessions)
     tracker = Tracker(settings.resolved_tracking_uri(), artifact_root=artifact_root)
+    sources = SourcePolicy.build(
+        roots=settings.resolved_data_roots(),
+        s3_buckets=settings.resolved_s3_buckets(),
+        artifact_root=artifact_root,
+    )
     jobs = JobService(
         jobs=JobStore(sessions),
         targets=targets,
@@ -85,6 +91,7 @@ def build_services(settings: Settings) -> Services:
         tracker=tracker,
         artifact_root=artifact_root,
         cache_dir=settings.resolved_home() / "cache",
+        sources=sources,
         schedule_timeout_s=settings.schedule_timeout_s,
     )
     models = RegistryService(
@@ -93,6 +100,9 @@ def build_services(settings: Settings) -> Services:
         benchmarks=benchmarks,
         tracker=tracker,
         cache_dir=settings.resolved_home() / "cache",
+        sources=sources,
+        max_checkpoint_bytes=settings.max_checkpoint_bytes,
+        checkpoint_load_timeout_s=settings.checkpoint_load_timeout_s,
         failpoints=frozenset(f for f in settings.failpoints.split(",") if f),
     )
     return Services(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from detrforge.api.job_service import JobService
+from detrforge.platform.checkpoints import staged_checkpoint
 from detrforge.platform.errors import (
     ClusterError,
     DetrforgeError,
@@ -27,8 +28,9 @@ from detrforge.platform.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from detrforge.platform.sources import SourcePolicy
 from detrforge.platform.specs import MODEL_SIZES, check_resolution, parse_spec
-from detrforge.platform.storage import fetch_local, open_store, sha256_file
+from detrforge.platform.storage import open_store, sha256_file
 from detrforge.platform.tracking import Tracker
 from detrforge.registry.benchmarks import BenchmarkStore
 from detrforge.registry.entities import (
@@ -81,6 +83,10 @@ class RegistryService:
     benchmarks: BenchmarkStore
     tracker: Tracker
     cache_dir: Path
+    # Which paths and URIs callers may register checkpoints from.
+    sources: SourcePolicy
+    max_checkpoint_bytes: int = 2 * 1024**3
+    checkpoint_load_timeout_s: float = 120.0
     failpoints: frozenset[str] = frozenset()
     wake: threading.Event = field(default_factory=threading.Event)
     _mlflow_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -116,7 +122,7 @@ class RegistryService:
                         field="targets",
                     ) from None
         if policy.eval is not None:
-            info = self.jobs.intake_dataset(policy.eval.dataset)
+            info = self.jobs.intake_dataset(policy.eval.dataset, field="eval.dataset")
             pinned = policy.eval.model_copy(update={"fingerprint": info.fingerprint})
             policy = policy.model_copy(update={"eval": pinned})
         return self.registry.set_policy(
@@ -133,8 +139,9 @@ class RegistryService:
     ) -> ModelVersion:
         """Register a finished fine-tune job's model (``job_id``) or a checkpoint URI.
 
-        The checkpoint's sha256 is computed from the stored bytes and must equal the one the job
-        recorded (or the one given): a mismatch is refused as "checkpoint changed or corrupt".
+        The checkpoint must be an RF-DETR checkpoint under a data root (or in an allowed bucket);
+        its sha256 is computed from the bytes and must equal the one the job recorded (or the one
+        given): a mismatch is refused as "checkpoint changed or corrupt".
         """
         self.registry.get_model(name)
         if not isinstance(body, dict):
@@ -178,27 +185,38 @@ class RegistryService:
     ) -> ModelVersion:
         """Register a version from resolved lineage ``fields`` (a job's, a sweep trial's, ...).
 
-        ``fields`` holds ``checkpoint_uri`` and may hold ``expected_sha256``; the sha256 stored
-        is always computed from the bytes.
+        ``fields`` holds ``checkpoint_uri`` and may hold ``expected_sha256``. The checkpoint is
+        copied into the artifact store under its sha256 (``blobs/sha256/<hex>``), and the
+        version points at that copy: replacing the original file later changes nothing.
         """
         fields = dict(fields)
-        local = self._local_checkpoint(fields["checkpoint_uri"])
-        actual = sha256_file(local)
+        source_uri = fields.pop("checkpoint_uri")
+        source = self.sources.check(source_uri, field="checkpoint")
         expected = fields.pop("expected_sha256", None)
-        if expected is not None and expected != actual:
-            raise IntegrityError(
-                f"checkpoint changed or corrupt: {fields['checkpoint_uri']} has sha256 {actual}, "
-                f"expected {expected}",
-                field="checkpoint_sha256",
-            )
+        with staged_checkpoint(
+            source,
+            self.cache_dir / "staging",
+            max_bytes=self.max_checkpoint_bytes,
+            timeout_s=self.checkpoint_load_timeout_s,
+            field="checkpoint",
+        ) as staged:
+            if expected is not None and expected != staged.sha256:
+                # The real sha256 is not printed: only registered bytes have a public hash.
+                raise IntegrityError(
+                    f"checkpoint changed or corrupt: the sha256 of {source_uri} differs from the "
+                    f"expected {expected}; check the file, or register it without "
+                    "checkpoint_sha256",
+                    field="checkpoint_sha256",
+                )
+            blob = open_store(self.jobs.artifact_root).put_blob(staged.path, staged.sha256)
         if not fields.get("class_names"):
-            from detrforge.platform.inference import checkpoint_class_names
-
-            fields["class_names"] = checkpoint_class_names(local)
+            fields["class_names"] = staged.class_names
         version = self.registry.register_version(
             name,
-            checkpoint_sha256=actual,
-            checkpoint_bytes=local.stat().st_size,
+            checkpoint_uri=blob.uri,
+            checkpoint_sha256=blob.sha256,
+            checkpoint_bytes=blob.size,
+            source_uri=source_uri,
             actor=principal.principal,
             request_id=request_id,
             **fields,
@@ -272,15 +290,6 @@ class RegistryService:
             "class_names": [str(n) for n in body.get("class_names") or []],
             "description": description,
         }
-
-    def _local_checkpoint(self, uri: str) -> Path:
-        try:
-            local = fetch_local(uri, self.cache_dir / "checkpoints")
-        except NotFoundError:
-            raise NotFoundError(f"checkpoint {uri} does not exist", field="checkpoint") from None
-        if not local.is_file():
-            raise InvalidSpecError(f"checkpoint {uri} is not a file", field="checkpoint")
-        return local
 
     # -- promotions ----------------------------------------------------------------------------
     def request_promotion(
@@ -377,14 +386,19 @@ class RegistryService:
         except _EvidenceFailed as exc:
             self.registry.update_promotion(promotion.id, evidence=evidence)
             return self._finish(promotion, [], passed=False, message=str(exc))
-        results = check_gates(
-            policy,
-            _evidence_for("candidate", candidate, evidence),
-            _evidence_for("baseline", baseline_version, evidence) if baseline_version else None,
-        )
+        # The stored bytes are re-hashed once more just before the stage changes: what is
+        # promoted is exactly what was registered, however long the evidence took.
+        results = [
+            self._integrity_gate(candidate),
+            *check_gates(
+                policy,
+                _evidence_for("candidate", candidate, evidence),
+                _evidence_for("baseline", baseline_version, evidence) if baseline_version else None,
+            ),
+        ]
         passed = all(result.passed for result in results)
         failed = [r for r in results if not r.passed]
-        if policy.is_empty:
+        if policy.is_empty and passed:
             message = "no gates configured for this model: promoted without checks"
         elif passed:
             message = f"all {len(results)} gates passed"

@@ -70,12 +70,14 @@ class SweepService:
             body.setdefault("bench_threads", target.num_threads)
         spec: SweepSpec = parse_spec(SweepSpec, body)
         weights = spec.base.get("pretrain_weights")
-        if weights and not str(weights).startswith("s3://") and not Path(weights).is_file():
-            raise NotFoundError(
-                f"pretrain_weights {weights!r} is not a file on the server; give an existing .pth "
-                "path or an s3:// URI",
-                field="base.pretrain_weights",
-            )
+        if weights:
+            self.jobs.require_file(str(weights), field="base.pretrain_weights")
+        choices = spec.space.get("pretrain_weights")
+        for choice in choices if isinstance(choices, list) else []:
+            if choice:
+                self.jobs.require_file(str(choice), field="space.pretrain_weights")
+        # Refused sources answer before the cluster is asked anything; intake checks again.
+        self.jobs.sources.check(spec.dataset, field="dataset")
         nodes = self.jobs.launcher.node_resources()
         trial = {"CPU": spec.resources_per_trial.cpu}
         if spec.resources_per_trial.gpu:

@@ -11,10 +11,8 @@ stages are separate methods so latency can time the forward pass alone.
 from __future__ import annotations
 
 import abc
-import argparse
 import json
 import os
-import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 from PIL import Image
 
+from detrforge.platform.checkpoints import CHECKPOINT_SAFE_GLOBALS, class_names_in
 from detrforge.platform.data import ANNOTATION_FILE, SPLITS
 from detrforge.platform.errors import InvalidDatasetError, InvalidSpecError
 from detrforge.platform.evaluation import BACKENDS, EvalResult, evaluate_coco, predictions_to_coco
@@ -262,8 +261,7 @@ def _read_checkpoint(checkpoint: Path) -> Mapping[str, Any]:
             field="checkpoint",
         )
     try:
-        # Legacy rfdetr checkpoints keep their args as a Namespace: allow exactly those, no pickle.
-        with torch.serialization.safe_globals([argparse.Namespace, types.SimpleNamespace]):
+        with torch.serialization.safe_globals(list(CHECKPOINT_SAFE_GLOBALS)):
             data = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
         raise InvalidSpecError(
@@ -293,11 +291,7 @@ def checkpoint_class_names(checkpoint: Path) -> list[str]:
     Raises:
         InvalidSpecError: the file is not a readable RF-DETR checkpoint.
     """
-    args = _read_checkpoint(Path(checkpoint)).get("args")
-    names = (
-        args.get("class_names") if isinstance(args, Mapping) else getattr(args, "class_names", None)
-    )
-    return [str(name) for name in names] if isinstance(names, list | tuple) else []
+    return class_names_in(_read_checkpoint(Path(checkpoint)))
 
 
 def load_inference_detector(checkpoint: Path, size: str, resolution: int) -> Any:

@@ -8,11 +8,14 @@ server), ``DETRFORGE_ARTIFACT_ROOT`` (``s3://bucket/prefix`` with ``AWS_ENDPOINT
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings"]
 
@@ -54,6 +57,23 @@ class Settings(BaseSettings):
     # Comma-separated failpoints for crash tests, e.g. "promotion.before_commit": the process
     # exits at that point. Never set in production.
     failpoints: str = ""
+    # Where user-given local paths (datasets, checkpoints, weights) may point: os.pathsep- or
+    # comma-separated. Empty: DETRFORGE_HOME and the folder the server was started from.
+    data_roots: Annotated[tuple[Path, ...], NoDecode] = ()
+    # Buckets user-given s3:// URIs may name. Empty: the artifact root's bucket, if it is s3://.
+    s3_buckets: Annotated[tuple[str, ...], NoDecode] = ()
+    # A registered checkpoint larger than this is refused before it is read.
+    max_checkpoint_bytes: int = Field(default=2 * 1024**3, gt=0)
+    # Reading (torch.load) a checkpoint at registration must finish within this time.
+    checkpoint_load_timeout_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("data_roots", "s3_buckets", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = value.replace(os.pathsep, ",").split(",")
+            return tuple(part.strip() for part in parts if part.strip())
+        return value
 
     def resolved_home(self) -> Path:
         """``home`` as an absolute path, created if missing."""
@@ -70,6 +90,18 @@ class Settings(BaseSettings):
         root = self.resolved_home() / "artifacts"
         root.mkdir(parents=True, exist_ok=True)
         return root.as_uri()
+
+    def resolved_data_roots(self) -> tuple[Path, ...]:
+        """``data_roots`` as absolute paths; by default the home and the current folder."""
+        roots = self.data_roots or (self.resolved_home(), Path.cwd())
+        return tuple(Path(root).expanduser().resolve() for root in roots)
+
+    def resolved_s3_buckets(self) -> frozenset[str]:
+        """``s3_buckets``; by default the artifact root's bucket when it is on S3."""
+        if self.s3_buckets:
+            return frozenset(self.s3_buckets)
+        root = self.resolved_artifact_root()
+        return frozenset({urlsplit(root).netloc}) if root.startswith("s3://") else frozenset()
 
     def resolved_tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.resolved_home() / 'mlflow.db'}"

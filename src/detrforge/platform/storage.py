@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -40,17 +41,22 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from detrforge.platform.errors import DetrforgeError, IntegrityError, NotFoundError, StorageError
 
 __all__ = [
+    "BLOB_PREFIX",
     "CHUNK_SIZE",
     "ArtifactStore",
     "LocalArtifactStore",
     "S3ArtifactStore",
     "StoredObject",
+    "blob_sha256",
     "fetch_local",
     "open_store",
     "sha256_file",
 ]
 
 CHUNK_SIZE = 1024 * 1024
+# Content-addressed objects (registered checkpoints) live at <root>/blobs/sha256/<hex>.
+BLOB_PREFIX = "blobs/sha256"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _ACCEPTED_ROOTS = "file:///absolute/path, a plain absolute path, or s3://bucket/prefix"
 # Marks half-written local files so listings never report them.
 _PART_SUFFIX = ".detrforge-part"
@@ -88,6 +94,14 @@ def sha256_file(path: Path) -> str:
     except OSError as exc:
         raise StorageError(f"could not read {path}: {exc}") from exc
     return digest.hexdigest()
+
+
+def blob_sha256(uri: str) -> str | None:
+    """The sha256 a content-addressed blob URI (``.../blobs/sha256/<hex>``) names, else None."""
+    head, _, name = uri.rpartition("/")
+    if head.endswith(f"/{BLOB_PREFIX}") and _SHA256_HEX.fullmatch(name):
+        return name
+    return None
 
 
 def _clean_key(key: str) -> str:
@@ -186,6 +200,35 @@ class ArtifactStore(abc.ABC):
         )
         return [self.put_file(path, _join(prefix, rel)) for rel, path in files]
 
+    def put_blob(self, local: Path, sha256: str) -> StoredObject:
+        """Store ``local`` content-addressed at ``blobs/sha256/<sha256>``; write once.
+
+        An object already there with those bytes is kept as it is; one whose bytes no longer
+        hash to its name is rewritten (only the bytes the name promises can be written there).
+
+        Raises:
+            IntegrityError: ``local`` does not hash to ``sha256``.
+        """
+        if not _SHA256_HEX.fullmatch(sha256):
+            raise StorageError(f"{sha256!r} is not a hex sha256")
+        key = f"{BLOB_PREFIX}/{sha256}"
+        uri = self.uri_for(key)
+        if self.exists(uri):
+            try:
+                if self.sha256(uri) == sha256:
+                    return StoredObject(uri=uri, sha256=sha256, size=self.size(uri))
+            except NotFoundError:
+                pass
+        stored = self.put_file(local, key)
+        if stored.sha256 != sha256:
+            self.delete_prefix(uri)
+            raise IntegrityError(f"{local} changed while it was stored; nothing was kept")
+        return stored
+
+    @abc.abstractmethod
+    def size(self, uri: str) -> int:
+        """The object's size in bytes, without reading it."""
+
     @abc.abstractmethod
     def get_file(self, uri: str, dest: Path) -> Path:
         """Download one object to the file ``dest``, creating its parents."""
@@ -244,6 +287,13 @@ class LocalArtifactStore(ArtifactStore):
         with _local_errors(dest.as_uri(), "write"):
             digest, size = _copy_hashing(local, dest)
         return StoredObject(uri=dest.as_uri(), sha256=digest, size=size)
+
+    def size(self, uri: str) -> int:
+        path = _local_path(uri)
+        if not path.is_file():
+            raise NotFoundError(f"no object at {uri}")
+        with _local_errors(uri, "read"):
+            return path.stat().st_size
 
     def get_file(self, uri: str, dest: Path) -> Path:
         src = _local_path(uri)
@@ -362,6 +412,13 @@ class S3ArtifactStore(ArtifactStore):
                 str(local), self._bucket, full_key, ExtraArgs={"Metadata": {"sha256": digest}}
             )
         return StoredObject(uri=uri, sha256=digest, size=size)
+
+    def size(self, uri: str) -> int:
+        bucket, key = _split_s3(uri)
+        head = self._head(bucket, key, uri) if key else None
+        if head is None:
+            raise NotFoundError(f"no object at {uri}")
+        return int(head["ContentLength"])
 
     def get_file(self, uri: str, dest: Path) -> Path:
         bucket, key = _split_s3(uri)

@@ -305,10 +305,15 @@ class ModelRegistry:
         source_trial_id: str | None = None,
         mlflow_run_id: str | None = None,
         description: str = "",
+        source_uri: str | None = None,
         actor: str,
         request_id: str | None = None,
     ) -> ModelVersion:
-        """Record a new version (the next number) in stage ``none``; audited."""
+        """Record a new version (the next number) in stage ``none``; audited.
+
+        ``source_uri`` (where the bytes at ``checkpoint_uri`` were copied from) is kept in the
+        audit row only.
+        """
         with self._sessions.begin() as session:
             model = self._lock_model(session, name)
             latest = session.scalar(
@@ -351,6 +356,7 @@ class ModelRegistry:
                 request_id=request_id,
                 details={
                     "checkpoint_uri": checkpoint_uri,
+                    "source_uri": source_uri,
                     "checkpoint_sha256": checkpoint_sha256,
                     "source_job_id": source_job_id,
                     "source_trial_id": source_trial_id,
