@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from detrforge.platform.data import DatasetInfo
-from fixtures_cluster import TINY_SPEC, free_port, wait_until
+from fixtures_cluster import DATA_ROOTS, TINY_SPEC, free_port, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -52,6 +52,8 @@ class UserServe:
                 "DETRFORGE_RAY_NUM_CPUS": "2",
                 "DETRFORGE_HEAD_EXIT_GRACE_S": "5",
                 "TMPDIR": str(self.tmp),
+                # Where its datasets may come from: the fixtures write them under pytest's base.
+                "DETRFORGE_DATA_ROOTS": ",".join(str(root) for root in DATA_ROOTS),
                 "HF_HUB_OFFLINE": "1",
                 "MLFLOW_DISABLE_TELEMETRY": "true",
             }
