@@ -1,1 +1,2 @@
-"""Entrypoints that run on the Ray cluster. Never imports fastapi or the registry."""
+"""Entrypoints that run on the Ray cluster as ``python -m detrforge.jobs.<job>``: finetune (Ray
+Train), sweep (Ray Tune), evaluate, benchmark. Never imports fastapi or the registry."""

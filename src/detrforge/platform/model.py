@@ -14,7 +14,7 @@ from typing import Any
 from detrforge.platform.errors import InvalidSpecError
 from detrforge.platform.specs import FinetuneSpec
 
-__all__ = ["TrainingParts", "build_detector", "build_training_parts", "load_detector"]
+__all__ = ["TrainingParts", "build_detector", "build_training_parts"]
 
 # rfdetr reads this before anything else; weights are never fetched from a hub here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,16 +59,6 @@ def build_detector(
     if resolution is not None:
         kwargs["resolution"] = resolution
     return _detector_class(size)(**kwargs)
-
-
-def load_detector(size: str, checkpoint: Path, *, resolution: int) -> Any:
-    """Load a trained ``.pth`` (rfdetr's ``{model, args}`` format) for inference.
-
-    The architecture (queries, groups, classes) is read from the checkpoint itself.
-    """
-    from detrforge.platform.inference import load_inference_detector
-
-    return load_inference_detector(checkpoint, size, resolution)
 
 
 @dataclass

@@ -1,0 +1,57 @@
+"""The dependency direction of the packages, read from every module's imports (ray's
+``test_circular_imports.py`` is the model): api -> registry/platform, jobs -> platform, cli -> the
+API over HTTP (plus the server-side commands), and nothing below imports what is above it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "detrforge"
+
+# package -> the detrforge packages (and third-party roots) it must never import.
+FORBIDDEN: dict[str, set[str]] = {
+    "platform": {"api", "cli", "control", "jobs", "registry", "fastapi"},
+    "registry": {"api", "cli", "control", "jobs", "fastapi"},
+    "jobs": {"api", "cli", "control", "registry", "fastapi"},
+    "control": {"api", "cli", "fastapi"},
+    "api": {"cli"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level names this module imports: ``detrforge.<pkg>`` as ``<pkg>``, others as roots."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules = [node.module]
+        else:
+            continue
+        for module in modules:
+            parts = module.split(".")
+            names.add(parts[1] if parts[0] == "detrforge" and len(parts) > 1 else parts[0])
+    return names
+
+
+def _modules(package: str) -> list[Path]:
+    return sorted((SRC / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_package_imports_upward(package: str) -> None:
+    offenders = {
+        f"{path.relative_to(SRC)} imports {name}"
+        for path in _modules(package)
+        for name in _imports(path) & FORBIDDEN[package]
+    }
+    assert not offenders, sorted(offenders)
+
+
+def test_the_walk_sees_every_package() -> None:
+    packages = {p.name for p in SRC.iterdir() if (p / "__init__.py").exists()}
+    assert packages - set(FORBIDDEN) <= {"cli"}, "a new package needs its rules here"
+    assert len(_modules("api")) > 10 and len(_modules("platform")) > 10
