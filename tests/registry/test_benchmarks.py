@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from detrforge.platform.db import alembic_config, upgrade_database
 from detrforge.platform.errors import InvalidSpecError, NotFoundError
+from detrforge.platform.limits import MAX_PAGE_SIZE
 from detrforge.registry.benchmarks import (
     BENCHMARK_CSV_COLUMNS,
     BenchmarkStore,
@@ -212,10 +213,12 @@ def test_list_filters_newest_first_with_total(benchmark_store: BenchmarkStore) -
 
     with pytest.raises(InvalidSpecError, match="since must be a timezone-aware datetime"):
         benchmark_store.list(since=datetime(2025, 1, 1))
-    with pytest.raises(InvalidSpecError, match="limit must be between 1 and 500") as caught:
+    with pytest.raises(
+        InvalidSpecError, match=f"limit must be between 1 and {MAX_PAGE_SIZE}$"
+    ) as caught:
         benchmark_store.list(limit=0)
     assert caught.value.field == "limit"
-    with pytest.raises(InvalidSpecError, match="offset must be 0 or more"):
+    with pytest.raises(InvalidSpecError, match="offset must be between 0 and "):
         benchmark_store.list(offset=-1)
 
 

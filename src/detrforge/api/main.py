@@ -17,6 +17,7 @@ from detrforge import __version__
 from detrforge.api.deps import Services
 from detrforge.api.errors import install_error_handlers
 from detrforge.api.job_service import JobService
+from detrforge.api.limits import install_request_limits
 from detrforge.api.registry_service import RegistryService
 from detrforge.api.routes import evaluations, finetune, health, keys
 from detrforge.api.routes import models as model_routes
@@ -185,6 +186,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     )
     app.state.services = services
     install_error_handlers(app)
+    install_request_limits(app, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
 
     app.include_router(health.router)

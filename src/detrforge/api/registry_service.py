@@ -27,6 +27,7 @@ from detrforge.platform.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from detrforge.platform.limits import MAX_PAGE_SIZE
 from detrforge.platform.specs import MODEL_SIZES, check_resolution, parse_spec
 from detrforge.platform.storage import fetch_local, open_store, sha256_file
 from detrforge.platform.tracking import Tracker
@@ -48,7 +49,6 @@ from detrforge.registry.entities import (
     SystemPrincipal,
 )
 from detrforge.registry.gates import AP_METRIC, Evidence, GatePolicy, check_gates
-from detrforge.registry.jobs import MAX_PAGE_SIZE
 from detrforge.registry.models import ModelRegistry
 
 __all__ = ["ENV_PIN_KEYS", "RegistryService"]

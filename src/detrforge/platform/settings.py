@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from detrforge.platform.limits import DEFAULT_MAX_ANNOTATION_BYTES, DEFAULT_MAX_REQUEST_BYTES
+
 __all__ = ["Settings"]
 
 
@@ -45,6 +47,10 @@ class Settings(BaseSettings):
     # Comma-separated failpoints for crash tests, e.g. "promotion.before_commit": the process
     # exits at that point. Never set in production.
     failpoints: str = ""
+    # The largest request body the API reads; datasets and checkpoints go by path or URI.
+    max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1)
+    # The largest _annotations.coco.json a dataset may hold (it is read into memory to validate).
+    max_annotation_bytes: int = Field(default=DEFAULT_MAX_ANNOTATION_BYTES, ge=1)
 
     def resolved_home(self) -> Path:
         """``home`` as an absolute path, created if missing."""

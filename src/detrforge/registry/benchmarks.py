@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from detrforge.platform.db import utcnow
 from detrforge.platform.environment import ENVIRONMENT_KEYS
 from detrforge.platform.errors import InvalidSpecError, NotFoundError
+from detrforge.platform.limits import check_page
 from detrforge.registry.dbmodels import SqlBenchmarkRecord
 from detrforge.registry.entities import BenchmarkRecord
 from detrforge.registry.targets import check_resources
@@ -56,7 +57,6 @@ __all__ = [
     "to_csv",
 ]
 
-MAX_PAGE_SIZE = 500
 ENV_COLUMN_PREFIX = "env."
 SUMMARY_GROUPS = ("checkpoint_sha256", "model_name")
 
@@ -198,10 +198,7 @@ class BenchmarkStore:
 
         ``since`` is inclusive and ``until`` exclusive: ``since <= created_at < until``.
         """
-        if not 1 <= limit <= MAX_PAGE_SIZE:
-            raise InvalidSpecError(f"limit must be between 1 and {MAX_PAGE_SIZE}", field="limit")
-        if offset < 0:
-            raise InvalidSpecError("offset must be 0 or more", field="offset")
+        check_page(limit, offset)
         filters: builtins.list[ColumnElement[bool]] = []
         for column, value in (
             (SqlBenchmarkRecord.checkpoint_sha256, checkpoint_sha256),

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from detrforge.platform.db import utcnow
 from detrforge.platform.errors import ConflictError, InvalidSpecError, NotFoundError
+from detrforge.platform.limits import check_page
 from detrforge.registry.dbmodels import (
     SqlAuditEvent,
     SqlGatePolicy,
@@ -47,7 +48,6 @@ from detrforge.registry.entities import (
 __all__ = ["AUDIT_CSV_COLUMNS", "MODEL_NAME_PATTERN", "ModelRegistry", "audit_to_csv"]
 
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-MAX_PAGE_SIZE = 1000
 AUDIT_CSV_COLUMNS = (
     "id",
     "at",
@@ -243,7 +243,7 @@ class ModelRegistry:
         self, *, limit: int = 100, offset: int = 0
     ) -> tuple[builtins.list[RegisteredModel], int]:
         """One page of models by name, and how many there are."""
-        _check_page(limit, offset)
+        check_page(limit, offset)
         with self._sessions() as session:
             total = session.scalar(select(func.count()).select_from(SqlRegisteredModel))
             rows = session.scalars(
@@ -766,7 +766,7 @@ class ModelRegistry:
 
         ``action`` matches exactly or, ending in ``.``, as a prefix (``promotion.``).
         """
-        _check_page(limit, offset)
+        check_page(limit, offset)
         filters: builtins.list[ColumnElement[bool]] = []
         if model_name is not None:
             filters.append(SqlAuditEvent.model_name == model_name)
@@ -826,13 +826,6 @@ def audit_to_csv(events: Iterable[AuditEvent]) -> str:
             ]
         )
     return buffer.getvalue()
-
-
-def _check_page(limit: int, offset: int) -> None:
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise InvalidSpecError(f"limit must be between 1 and {MAX_PAGE_SIZE}", field="limit")
-    if offset < 0:
-        raise InvalidSpecError("offset must be 0 or more", field="offset")
 
 
 def _model_exists(name: str) -> ConflictError:
