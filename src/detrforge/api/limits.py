@@ -20,7 +20,7 @@ from detrforge.platform.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
-from detrforge.platform.limits import MAX_JSON_DEPTH, json_nesting_depth
+from detrforge.platform.limits import MAX_JSON_DEPTH, json_has_non_finite, json_nesting_depth
 
 __all__ = ["RequestLimitsMiddleware", "install_request_limits"]
 
@@ -109,6 +109,10 @@ class RequestLimitsMiddleware:
             return UnsupportedMediaTypeError(
                 f"the request body has content type {content_type or 'none'!r}; send "
                 "application/json"
+            )
+        if json_has_non_finite(body):
+            return MalformedRequestError(
+                "the request body uses NaN or Infinity, which are not JSON; send finite numbers"
             )
         if json_nesting_depth(body, stop_at=self.max_depth + 1) > self.max_depth:
             return InvalidRequestError(

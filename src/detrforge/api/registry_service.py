@@ -27,7 +27,7 @@ from detrforge.platform.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from detrforge.platform.limits import MAX_PAGE_SIZE
+from detrforge.platform.limits import MAX_PAGE_SIZE, parse_reason
 from detrforge.platform.specs import MODEL_SIZES, check_resolution, parse_spec
 from detrforge.platform.storage import fetch_local, open_store, sha256_file
 from detrforge.platform.tracking import Tracker
@@ -103,7 +103,7 @@ class RegistryService:
         self.registry.get_model(name)
         if not isinstance(body, dict):
             raise InvalidSpecError("the policy must be a JSON object", field=None)
-        reason = body.pop("reason", None)
+        reason = parse_reason(body.pop("reason", None))
         policy: GatePolicy = parse_spec(GatePolicy, body)
         for gate in policy.targets:
             if self.jobs.targets is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, StrictStr
+from pydantic import AfterValidator, Field, StrictStr, TypeAdapter, ValidationError
 
 from detrforge.platform.errors import InvalidSpecError
 
@@ -36,7 +36,9 @@ __all__ = [
     "Uri",
     "check_name",
     "check_page",
+    "json_has_non_finite",
     "json_nesting_depth",
+    "parse_reason",
 ]
 
 # The largest page any list route returns.
@@ -156,3 +158,25 @@ def check_page(limit: int, offset: int) -> None:
         raise InvalidSpecError(f"limit must be between 1 and {MAX_PAGE_SIZE}", field="limit")
     if not 0 <= offset <= MAX_INT:
         raise InvalidSpecError(f"offset must be between 0 and {MAX_INT}", field="offset")
+
+
+_REASON: TypeAdapter[str | None] = TypeAdapter(Reason | None)
+
+
+def parse_reason(value: object) -> str | None:
+    """A free-text ``reason`` taken from a body by hand, held to the ``Reason`` rules."""
+    try:
+        return _REASON.validate_python(value)
+    except ValidationError as exc:
+        message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise InvalidSpecError(f"reason: {message}", field="reason") from None
+
+
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NON_FINITE = re.compile(rb"NaN|Infinity")
+
+
+def json_has_non_finite(raw: bytes) -> bool:
+    """Whether JSON text ``raw`` uses ``NaN`` or ``Infinity``, which Python's parser accepts
+    but JSON does not (and no database stores in a JSON column)."""
+    return _NON_FINITE.search(_STRINGS.sub(b"", raw)) is not None

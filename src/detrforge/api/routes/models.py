@@ -21,6 +21,7 @@ from detrforge.api.registry_schemas import (
     PromotionsPublic,
     RollbackCreate,
     TrialRegister,
+    VersionCreate,
     VersionPublic,
     VersionsPublic,
 )
@@ -101,14 +102,15 @@ def get_policy(name: str, services: ServicesDep, _: Viewer) -> dict[str, Any]:
 @router.post("/models/{name}/versions", response_model=VersionPublic, status_code=201)
 def register_version(
     name: str,
-    body: Annotated[dict[str, Any], Body()],
+    body: VersionCreate,
     services: ServicesDep,
     key: Operator,
     request_id: RequestId,
 ) -> VersionPublic:
     """Register a version from ``job_id`` (a SUCCEEDED fine-tune) or ``checkpoint`` + size +
     resolution; the stored bytes' sha256 is verified."""
-    version = services.models.register_version(name, body, principal=key, request_id=request_id)
+    fields = body.model_dump(exclude_unset=True)
+    version = services.models.register_version(name, fields, principal=key, request_id=request_id)
     return VersionPublic.model_validate(version)
 
 
