@@ -24,6 +24,7 @@ from detrforge.platform.errors import (
     NotFoundError,
 )
 from detrforge.platform.launcher import Launcher, require_resources
+from detrforge.platform.limits import DEFAULT_MAX_ANNOTATION_BYTES
 from detrforge.platform.specs import BenchmarkSpec, EvaluateSpec, FinetuneSpec, parse_spec
 from detrforge.platform.storage import fetch_local, open_store
 from detrforge.platform.tracking import Tracker
@@ -68,6 +69,7 @@ class JobService:
     artifact_root: str
     cache_dir: Path
     schedule_timeout_s: float = 600.0
+    max_annotation_bytes: int = DEFAULT_MAX_ANNOTATION_BYTES
     targets: Any = None  # registry.targets.TargetStore
     benchmarks: Any = None  # registry.benchmarks.BenchmarkStore
     # kind -> called once a job of that kind SUCCEEDS, before the row turns terminal (so a
@@ -78,7 +80,7 @@ class JobService:
     def intake_dataset(self, uri: str) -> DatasetInfo:
         """Bring the dataset here (s3:// is downloaded) and validate it; raises on any problem."""
         local = fetch_local(uri, self.cache_dir / "datasets")
-        return require_valid_dataset(Path(local))
+        return require_valid_dataset(Path(local), max_annotation_bytes=self.max_annotation_bytes)
 
     def submit_finetune(self, body: Any, *, principal: Principal) -> Job:
         """Validate ``body`` and the dataset, record the job, then submit it to Ray."""

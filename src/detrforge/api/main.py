@@ -85,6 +85,7 @@ def build_services(settings: Settings) -> Services:
         artifact_root=artifact_root,
         cache_dir=settings.resolved_home() / "cache",
         schedule_timeout_s=settings.schedule_timeout_s,
+        max_annotation_bytes=settings.max_annotation_bytes,
     )
     models = RegistryService(
         registry=ModelRegistry(sessions),

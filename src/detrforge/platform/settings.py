@@ -53,9 +53,12 @@ class Settings(BaseSettings):
     max_annotation_bytes: int = Field(default=DEFAULT_MAX_ANNOTATION_BYTES, ge=1)
 
     def resolved_home(self) -> Path:
-        """``home`` as an absolute path, created if missing."""
+        """``home`` as an absolute path, created if missing (0700: it holds the admin key and the
+        registry database)."""
         home = self.home.expanduser().resolve()
-        home.mkdir(parents=True, exist_ok=True)
+        if not home.exists():
+            home.mkdir(parents=True, mode=0o700, exist_ok=True)
+            home.chmod(0o700)  # mkdir's mode is filtered by the umask
         return home
 
     def resolved_database_url(self) -> str:

@@ -22,6 +22,9 @@ value exactly, i.e. ``[BenchmarkRecord(**row) for row in from_csv(text)] == reco
   ``"null"``): then it is written JSON-quoted (the text 12 becomes the cell ``"12"``, quotes
   included, while the number 12 becomes ``12``). Reading, a cell that parses as JSON is that
   value and any other cell is the text itself.
+- Text (not numbers, times or JSON) that would start a spreadsheet formula (``=``, ``+``, ``-``,
+  ``@``, tab, CR) or starts with ``'`` is written with a leading ``'`` (OWASP's rule for CSV
+  injection); reading drops it (``csv_cells``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, exc, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from detrforge.platform.csv_cells import escape_cell, unescape_cell
 from detrforge.platform.db import utcnow
 from detrforge.platform.environment import ENVIRONMENT_KEYS
 from detrforge.platform.errors import InvalidSpecError, NotFoundError
@@ -439,7 +443,7 @@ def _reads_as_json(text: str) -> bool:
 
 def _env_cell(value: Any) -> str:
     if isinstance(value, str) and value and not _reads_as_json(value):
-        return value
+        return escape_cell(value)
     return json.dumps(value)
 
 
@@ -454,6 +458,8 @@ def _cell(value: Any) -> str:
         # Sorted: PostgreSQL's JSONB does not keep key order, and an export should not depend
         # on the backend.
         return json.dumps(value, sort_keys=True)
+    if isinstance(value, str):
+        return escape_cell(value)
     return str(value)
 
 
@@ -527,6 +533,8 @@ def _env_key(column: str) -> str:
 
 
 def _parse_env(cell: str) -> Any:
+    if cell.startswith("'"):
+        return unescape_cell(cell)
     try:
         return json.loads(cell)
     except ValueError:
@@ -552,4 +560,4 @@ def _parse_cell(column: str, cell: str) -> Any:
         return int(cell)
     if column in _REQUIRED_MS or column in _OPTIONAL_MS or column == "images_per_s":
         return float(cell)
-    return cell
+    return unescape_cell(cell)

@@ -23,6 +23,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Engine, bindparam, exc, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from detrforge.platform.csv_cells import escape_cell
 from detrforge.platform.db import utcnow
 from detrforge.platform.errors import ConflictError, InvalidSpecError, NotFoundError
 from detrforge.platform.limits import check_page
@@ -805,7 +806,10 @@ class ModelRegistry:
 
 
 def audit_to_csv(events: Iterable[AuditEvent]) -> str:
-    """Audit events as CSV with a header row; ``details`` is JSON text."""
+    """Audit events as CSV with a header row; ``details`` is JSON text.
+
+    Text cells that would start a spreadsheet formula are quoted (``csv_cells.escape_cell``).
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(AUDIT_CSV_COLUMNS)
@@ -814,14 +818,14 @@ def audit_to_csv(events: Iterable[AuditEvent]) -> str:
             [
                 event.id,
                 event.at.isoformat(),
-                event.actor,
-                event.action,
-                event.model_name or "",
+                escape_cell(event.actor),
+                escape_cell(event.action),
+                escape_cell(event.model_name or ""),
                 "" if event.version is None else event.version,
-                event.before or "",
-                event.after or "",
-                event.reason or "",
-                event.request_id or "",
+                escape_cell(event.before or ""),
+                escape_cell(event.after or ""),
+                escape_cell(event.reason or ""),
+                escape_cell(event.request_id or ""),
                 json.dumps(event.details, sort_keys=True),
             ]
         )
