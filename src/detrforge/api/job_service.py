@@ -23,7 +23,7 @@ from detrforge.platform.errors import (
     InvalidSpecError,
     NotFoundError,
 )
-from detrforge.platform.launcher import Launcher, require_resources
+from detrforge.platform.launcher import Launcher, require_capacity, require_resources
 from detrforge.platform.limits import DEFAULT_MAX_ANNOTATION_BYTES
 from detrforge.platform.specs import BenchmarkSpec, EvaluateSpec, FinetuneSpec, parse_spec
 from detrforge.platform.storage import fetch_local, open_store
@@ -92,8 +92,21 @@ class JobService:
                     "an existing .pth path or an s3:// URI",
                     field="pretrain_weights",
                 )
+        self._check_capacity(spec)
         info = self.intake_dataset(spec.dataset)
         return self._submit("finetune", spec, principal=principal, fingerprint=info.fingerprint)
+
+    def _check_capacity(self, spec: FinetuneSpec) -> None:
+        """Refuse a fine-tune whose workers cannot all be placed on the cluster now."""
+        per_worker = dict(spec.resources_per_worker)
+        if spec.use_gpu:
+            per_worker.setdefault("GPU", 1.0)
+        try:
+            nodes = self.launcher.node_resources()
+        except ClusterError:
+            # Capacity is unknown; the submission reports the unreachable cluster itself.
+            return
+        require_capacity(nodes, per_worker, spec.num_workers)
 
     def _submit(
         self, kind: str, spec: Any, *, principal: Principal, fingerprint: str | None
