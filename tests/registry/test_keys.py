@@ -190,3 +190,28 @@ def test_ensure_admin_key_replaces_a_stale_file_after_revocation(
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert key_store.authenticate(first) is None
     assert key_store.authenticate(second) is not None
+
+
+@pytest.mark.parametrize("name", ["ops\x1b[31m", "a\x00b", "x\ny", "c1\x9b"])
+def test_key_names_refuse_control_characters(key_store: KeyStore, name: str) -> None:
+    with pytest.raises(InvalidSpecError, match="must not contain control characters") as caught:
+        key_store.create(name=name, role=Role.viewer)
+    assert caught.value.field == "name"
+
+
+def test_the_last_active_admin_key_cannot_be_revoked(key_store: KeyStore) -> None:
+    from detrforge.platform.errors import ConflictError
+
+    first, _ = key_store.create(name="admin-1", role=Role.admin)
+    viewer, _ = key_store.create(name="viewer", role=Role.viewer)
+    with pytest.raises(ConflictError, match="last active admin key") as caught:
+        key_store.revoke(first.id)
+    assert caught.value.field == "key_id"
+    assert key_store.get(first.id).revoked_at is None  # nothing was written
+    assert key_store.revoke(viewer.id).revoked_at is not None
+    second, _ = key_store.create(name="admin-2", role=Role.admin)
+    assert key_store.revoke(first.id).revoked_at is not None
+    with pytest.raises(ConflictError):
+        key_store.revoke(second.id)
+    # Revoking an already revoked admin changes nothing and is not refused.
+    assert key_store.revoke(first.id).revoked_at is not None

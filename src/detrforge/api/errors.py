@@ -109,7 +109,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 404 and exc.detail == "Not Found":
         message = f"no route {request.method} {request.url.path}; the API is described at /docs"
     elif exc.status_code == 405:
-        allowed = (exc.headers or {}).get("allow", "")
+        allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow", "")
         message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
     elif exc.status_code == 400:
         message = f"the request body is not valid JSON ({exc.detail}); send a JSON document"

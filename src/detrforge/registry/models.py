@@ -811,7 +811,8 @@ def audit_to_csv(events: Iterable[AuditEvent]) -> str:
     Text cells that would start a spreadsheet formula are quoted (``csv_cells.escape_cell``).
     """
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # RFC 4180 line ends: a cell holding CR or LF is then quoted, so the file reads back.
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(AUDIT_CSV_COLUMNS)
     for event in events:
         writer.writerow(
