@@ -503,3 +503,27 @@ def test_wrong_types_are_reported_not_raised(dataset: Path) -> None:
     assert set(fields[7:]) <= {"categories"} | {
         f"annotations[{i}].image_id" for i in range(len(data["annotations"]))
     }
+
+
+@pytest.mark.parametrize("depth", [5_000, 200_000])
+def test_deeply_nested_annotation_file_is_a_problem_naming_it(dataset: Path, depth: int) -> None:
+    (dataset / "train" / ANN).write_text('{"images": ' + "[" * depth + "]" * depth + "}")
+    problem = only(validate_dataset(dataset))
+    assert (problem["file"], problem["field"]) == (f"train/{ANN}", "json")
+    assert "too deeply" in problem["message"]
+    with pytest.raises(InvalidDatasetError) as caught:
+        require_valid_dataset(dataset)
+    assert f"train/{ANN}" in caught.value.message
+    # The fingerprint of such a file is still defined (its raw bytes), not a crash.
+    assert len(fingerprint_dataset(dataset)) == 64
+
+
+def test_annotation_file_over_the_size_cap_is_a_problem_not_read(dataset: Path) -> None:
+    size = (dataset / "valid" / ANN).stat().st_size
+    problems = validate_dataset(dataset, max_annotation_bytes=size - 1)
+    assert f"valid/{ANN}" in {p["file"] for p in problems}
+    assert {p["field"] for p in problems} == {"file"}
+    valid = next(p for p in problems if p["file"] == f"valid/{ANN}")
+    assert f"is {size} bytes; the limit is {size - 1}" in valid["message"]
+    assert "DETRFORGE_MAX_ANNOTATION_BYTES" in valid["message"]
+    assert validate_dataset(dataset, max_annotation_bytes=10**9) == []

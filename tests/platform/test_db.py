@@ -122,3 +122,37 @@ def _head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
     assert head is not None
     return head
+
+
+def test_new_sqlite_database_and_home_are_private(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from detrforge.platform.settings import Settings
+
+    old = os.umask(0o022)
+    try:
+        home = Settings(home=tmp_path / "a" / "home").resolved_home()
+        url = f"sqlite:///{home / 'registry.db'}"
+        upgrade_database(url)
+        engine = make_engine(url)
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        engine.dispose()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert stat.S_IMODE((home / "registry.db").stat().st_mode) == 0o600
+    for sidecar in ("registry.db-wal", "registry.db-shm"):
+        if (home / sidecar).exists():
+            assert stat.S_IMODE((home / sidecar).stat().st_mode) & 0o077 == 0, sidecar
+
+
+def test_an_existing_database_file_keeps_its_mode(tmp_path: Path) -> None:
+    import stat
+
+    path = tmp_path / "shared.db"
+    path.touch()
+    path.chmod(0o640)
+    make_engine(f"sqlite:///{path}").dispose()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640

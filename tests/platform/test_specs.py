@@ -100,7 +100,7 @@ def test_missing_dataset() -> None:
 def test_negative_resources_rejected() -> None:
     err = _error(resources_per_worker={"CPU": -1})
     assert err.field == "resources_per_worker"
-    assert "must be >= 0" in err.message
+    assert "must be a finite number above 0" in err.message
 
 
 def test_weights_from_the_internet_rejected() -> None:

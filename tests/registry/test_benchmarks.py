@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from detrforge.platform.db import alembic_config, upgrade_database
 from detrforge.platform.errors import InvalidSpecError, NotFoundError
+from detrforge.platform.limits import MAX_PAGE_SIZE
 from detrforge.registry.benchmarks import (
     BENCHMARK_CSV_COLUMNS,
     BenchmarkStore,
@@ -212,10 +213,12 @@ def test_list_filters_newest_first_with_total(benchmark_store: BenchmarkStore) -
 
     with pytest.raises(InvalidSpecError, match="since must be a timezone-aware datetime"):
         benchmark_store.list(since=datetime(2025, 1, 1))
-    with pytest.raises(InvalidSpecError, match="limit must be between 1 and 500") as caught:
+    with pytest.raises(
+        InvalidSpecError, match=f"limit must be between 1 and {MAX_PAGE_SIZE}$"
+    ) as caught:
         benchmark_store.list(limit=0)
     assert caught.value.field == "limit"
-    with pytest.raises(InvalidSpecError, match="offset must be 0 or more"):
+    with pytest.raises(InvalidSpecError, match="offset must be between 0 and "):
         benchmark_store.list(offset=-1)
 
 
@@ -542,3 +545,28 @@ def test_migration_0002_schema_and_downgrade(
     with pytest.raises(DBAPIError, match="append-only"):
         with db_engine.begin() as connection:
             connection.execute(delete(_TABLE).where(_TABLE.c.id == first.id))
+
+
+def test_csv_escapes_formula_cells_and_reads_them_back(benchmark_store: BenchmarkStore) -> None:
+    formulas = ["=1+1", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tx", "\rx", "'kept"]
+    records = [
+        benchmark_store.add(
+            _fields(
+                f"be-00000000010{i}",
+                model_name=formula,
+                checkpoint_uri=formula,
+                environment={"custom": formula},
+            )
+        )
+        for i, formula in enumerate(formulas)
+    ]
+    exported = to_csv(records)
+    rows = list(csv.DictReader(io.StringIO(exported)))
+    for row, formula in zip(rows, formulas, strict=True):
+        for column in ("model_name", "checkpoint_uri", "env.custom"):
+            assert row[column] == "'" + formula, (column, row[column])
+    # Numbers stay numbers.
+    assert rows[0]["p50_ms"] == "41.5"
+    read = from_csv(exported)
+    assert [row["model_name"] for row in read] == formulas
+    assert [row["environment"]["custom"] for row in read] == formulas

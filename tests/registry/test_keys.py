@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from detrforge.platform.db import utcnow
 from detrforge.platform.errors import InvalidSpecError, NotFoundError
 from detrforge.registry.dbmodels import SqlApiKey
 from detrforge.registry.entities import Role
@@ -168,7 +169,7 @@ def test_ensure_admin_key_respects_an_existing_admin(key_store: KeyStore, tmp_pa
 
 
 def test_ensure_admin_key_replaces_a_stale_file_after_revocation(
-    key_store: KeyStore, tmp_path: Path
+    key_store: KeyStore, session_factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
     key_store.create(name="ops", role=Role.operator)
     path = tmp_path / "admin.key"
@@ -177,7 +178,11 @@ def test_ensure_admin_key_replaces_a_stale_file_after_revocation(
     first = key_store.ensure_admin_key(path)
     assert first is not None
     [admin] = [k for k in key_store.list() if k.role is Role.admin]
-    key_store.revoke(admin.id)
+    # The API refuses to revoke the last admin key; someone with the database can still do it.
+    with session_factory.begin() as session:
+        session.execute(
+            update(SqlApiKey).where(SqlApiKey.id == admin.id).values(revoked_at=utcnow())
+        )
 
     second = key_store.ensure_admin_key(path)
     assert second is not None and second != first
@@ -185,3 +190,28 @@ def test_ensure_admin_key_replaces_a_stale_file_after_revocation(
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert key_store.authenticate(first) is None
     assert key_store.authenticate(second) is not None
+
+
+@pytest.mark.parametrize("name", ["ops\x1b[31m", "a\x00b", "x\ny", "c1\x9b"])
+def test_key_names_refuse_control_characters(key_store: KeyStore, name: str) -> None:
+    with pytest.raises(InvalidSpecError, match="must not contain control characters") as caught:
+        key_store.create(name=name, role=Role.viewer)
+    assert caught.value.field == "name"
+
+
+def test_the_last_active_admin_key_cannot_be_revoked(key_store: KeyStore) -> None:
+    from detrforge.platform.errors import ConflictError
+
+    first, _ = key_store.create(name="admin-1", role=Role.admin)
+    viewer, _ = key_store.create(name="viewer", role=Role.viewer)
+    with pytest.raises(ConflictError, match="last active admin key") as caught:
+        key_store.revoke(first.id)
+    assert caught.value.field == "key_id"
+    assert key_store.get(first.id).revoked_at is None  # nothing was written
+    assert key_store.revoke(viewer.id).revoked_at is not None
+    second, _ = key_store.create(name="admin-2", role=Role.admin)
+    assert key_store.revoke(first.id).revoked_at is not None
+    with pytest.raises(ConflictError):
+        key_store.revoke(second.id)
+    # Revoking an already revoked admin changes nothing and is not refused.
+    assert key_store.revoke(first.id).revoked_at is not None

@@ -306,3 +306,21 @@ def test_concurrent_requests_serialize(shelf: ModelRegistry) -> None:
     assert sorted(outcomes) == ["accepted"] + ["conflict"] * 19
     events, _ = shelf.audit(model_name="shelf", action="promotion.")
     assert sorted(e.request_id for e in events) == sorted(f"req-{v}" for v in range(1, 21))
+
+
+def test_audit_csv_escapes_formula_cells(shelf: ModelRegistry) -> None:
+    formulas = ["=1+1", "+cmd", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+    for formula in formulas:
+        shelf.record(
+            actor=formula,
+            action="test.formula",
+            model_name="shelf",
+            reason=formula,
+            request_id=formula,
+        )
+    events, _ = shelf.audit(action="test.formula")
+    rows = list(csv.DictReader(io.StringIO(shelf.to_csv(events))))
+    assert [r["reason"] for r in rows] == ["'" + formula for formula in formulas]
+    assert [r["actor"] for r in rows] == ["'" + formula for formula in formulas]
+    assert [r["request_id"] for r in rows] == ["'" + formula for formula in formulas]
+    assert {r["action"] for r in rows} == {"test.formula"}

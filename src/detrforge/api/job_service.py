@@ -23,7 +23,8 @@ from detrforge.platform.errors import (
     InvalidSpecError,
     NotFoundError,
 )
-from detrforge.platform.launcher import Launcher, require_resources
+from detrforge.platform.launcher import Launcher, require_capacity, require_resources
+from detrforge.platform.limits import DEFAULT_MAX_ANNOTATION_BYTES
 from detrforge.platform.sources import SourcePolicy
 from detrforge.platform.specs import BenchmarkSpec, EvaluateSpec, FinetuneSpec, parse_spec
 from detrforge.platform.storage import blob_sha256, fetch_local, open_store
@@ -71,6 +72,7 @@ class JobService:
     # Which paths and URIs callers may name (datasets, checkpoints, weights).
     sources: SourcePolicy
     schedule_timeout_s: float = 600.0
+    max_annotation_bytes: int = DEFAULT_MAX_ANNOTATION_BYTES
     targets: Any = None  # registry.targets.TargetStore
     benchmarks: Any = None  # registry.benchmarks.BenchmarkStore
     # kind -> called once a job of that kind SUCCEEDS, before the row turns terminal (so a
@@ -90,7 +92,7 @@ class JobService:
             local = fetch_local(source, self.cache_dir / "datasets")
         except NotFoundError:
             raise InvalidSpecError(f"{field}: {uri} does not exist", field=field) from None
-        return require_valid_dataset(Path(local))
+        return require_valid_dataset(Path(local), max_annotation_bytes=self.max_annotation_bytes)
 
     def require_file(self, uri: str, *, field: str) -> str:
         """``uri`` admitted by the source policy and naming an existing file; its canonical form.
@@ -112,8 +114,21 @@ class JobService:
         spec: FinetuneSpec = parse_spec(FinetuneSpec, body)
         if spec.pretrain_weights:
             self.require_file(spec.pretrain_weights, field="pretrain_weights")
+        self._check_capacity(spec)
         info = self.intake_dataset(spec.dataset)
         return self._submit("finetune", spec, principal=principal, fingerprint=info.fingerprint)
+
+    def _check_capacity(self, spec: FinetuneSpec) -> None:
+        """Refuse a fine-tune whose workers cannot all be placed on the cluster now."""
+        per_worker = dict(spec.resources_per_worker)
+        if spec.use_gpu:
+            per_worker.setdefault("GPU", 1.0)
+        try:
+            nodes = self.launcher.node_resources()
+        except ClusterError:
+            # Capacity is unknown; the submission reports the unreachable cluster itself.
+            return
+        require_capacity(nodes, per_worker, spec.num_workers)
 
     def _submit(
         self, kind: str, spec: Any, *, principal: Principal, fingerprint: str | None

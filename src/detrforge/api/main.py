@@ -15,8 +15,10 @@ from fastapi import FastAPI
 
 from detrforge import __version__
 from detrforge.api.deps import Services
+from detrforge.api.docs import install_docs
 from detrforge.api.errors import install_error_handlers
 from detrforge.api.job_service import JobService
+from detrforge.api.limits import install_request_limits
 from detrforge.api.readiness import Readiness
 from detrforge.api.registry_service import RegistryService
 from detrforge.api.routes import evaluations, finetune, health, keys
@@ -93,6 +95,7 @@ def build_services(settings: Settings) -> Services:
         cache_dir=settings.resolved_home() / "cache",
         sources=sources,
         schedule_timeout_s=settings.schedule_timeout_s,
+        max_annotation_bytes=settings.max_annotation_bytes,
     )
     models = RegistryService(
         registry=ModelRegistry(sessions),
@@ -197,9 +200,13 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         version=__version__,
         description="Fine-tune, gate and ship RF-DETR detectors on Ray, tracked in MLflow.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.services = services
     install_error_handlers(app)
+    install_request_limits(app, max_bytes=settings.max_request_bytes)
+    install_docs(app)
     app.add_middleware(RequestIdMiddleware)
 
     app.include_router(health.router)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Query
+from fastapi import Depends
 
 from detrforge.api.deps import Services
+from detrforge.api.params import PageLimit, PageOffset
 from detrforge.api.schemas import JobPublic, JobsPublic
 from detrforge.registry.entities import JobState
 
@@ -23,8 +24,8 @@ class JobPageParams:
 
 def _params(
     state: JobState | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: PageLimit = 50,
+    offset: PageOffset = 0,
 ) -> JobPageParams:
     return JobPageParams(state=state, limit=limit, offset=offset)
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from detrforge.platform.limits import ClassNames, Description, Name, Reason, Uri
+from detrforge.platform.specs import MAX_RESOLUTION, MIN_RESOLUTION, ModelSize
 
 __all__ = [
     "AuditEventPublic",
@@ -19,6 +22,7 @@ __all__ = [
     "PromotionsPublic",
     "RollbackCreate",
     "TrialRegister",
+    "VersionCreate",
     "VersionPublic",
     "VersionsPublic",
 ]
@@ -28,9 +32,27 @@ class _FromEntity(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
-class ModelCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=128, examples=["shelf-detector"])
-    description: str = ""
+class _Request(BaseModel):
+    """A request body: a wrong JSON type is a 422 naming the field, never a coercion."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class ModelCreate(_Request):
+    name: Name = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", examples=["shelf-detector"])
+    description: Description = ""
+
+
+class VersionCreate(_Request):
+    """A version from ``job_id`` (a SUCCEEDED fine-tune) or ``checkpoint`` + size + resolution."""
+
+    job_id: Name | None = None
+    checkpoint: Uri | None = Field(default=None, description="A .pth path, file:// or s3:// URI.")
+    checkpoint_sha256: StrictStr | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    model_size: ModelSize | None = None
+    resolution: int | None = Field(default=None, ge=MIN_RESOLUTION, le=MAX_RESOLUTION)
+    class_names: ClassNames | None = None
+    description: Description = ""
 
 
 class ModelPublic(_FromEntity):
@@ -93,9 +115,9 @@ class GateResultPublic(_FromEntity):
     evidence: dict[str, Any]
 
 
-class PromotionCreate(BaseModel):
+class PromotionCreate(_Request):
     to: Literal["staging", "production"] = "production"
-    reason: str = ""
+    reason: Reason = ""
 
 
 class PromotionPublic(_FromEntity):
@@ -121,13 +143,13 @@ class PromotionsPublic(BaseModel):
     items: list[PromotionPublic]
 
 
-class TrialRegister(BaseModel):
-    model: str = Field(min_length=1, description="The registered model to add the version to.")
-    description: str = ""
+class TrialRegister(_Request):
+    model: Name = Field(description="The registered model to add the version to.")
+    description: Description = ""
 
 
-class RollbackCreate(BaseModel):
-    reason: str = ""
+class RollbackCreate(_Request):
+    reason: Reason = ""
 
 
 class AuditEventPublic(_FromEntity):

@@ -28,6 +28,7 @@ from detrforge.platform.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from detrforge.platform.limits import MAX_PAGE_SIZE, parse_reason
 from detrforge.platform.sources import SourcePolicy
 from detrforge.platform.specs import MODEL_SIZES, check_resolution, parse_spec
 from detrforge.platform.storage import open_store, sha256_file
@@ -50,7 +51,6 @@ from detrforge.registry.entities import (
     SystemPrincipal,
 )
 from detrforge.registry.gates import AP_METRIC, Evidence, GatePolicy, check_gates
-from detrforge.registry.jobs import MAX_PAGE_SIZE
 from detrforge.registry.models import ModelRegistry
 
 __all__ = ["ENV_PIN_KEYS", "RegistryService"]
@@ -109,7 +109,7 @@ class RegistryService:
         self.registry.get_model(name)
         if not isinstance(body, dict):
             raise InvalidSpecError("the policy must be a JSON object", field=None)
-        reason = body.pop("reason", None)
+        reason = parse_reason(body.pop("reason", None))
         policy: GatePolicy = parse_spec(GatePolicy, body)
         for gate in policy.targets:
             if self.jobs.targets is not None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
+from detrforge.platform.limits import Description, Name
+from detrforge.platform.specs import check_resource_amounts
 from detrforge.registry.entities import ApiKey, Job, Role
 
 __all__ = [
@@ -75,9 +77,16 @@ class JobsPublic(BaseModel):
     offset: int
 
 
-class KeyCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=100)
-    role: Role = Role.viewer
+class _Request(BaseModel):
+    """A request body: a wrong JSON type is a 422 naming the field, never a coercion."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class KeyCreate(_Request):
+    name: Name
+    # Enums are compared by value: strict mode would want a Python Role instance.
+    role: Role = Field(default=Role.viewer, strict=False)
 
 
 class KeyPublic(BaseModel):
@@ -110,28 +119,45 @@ class KeysPublic(BaseModel):
     items: list[KeyPublic]
 
 
-class TargetCreate(BaseModel):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
-    description: str = ""
+class TargetCreate(_Request):
+    name: StrictStr = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    description: Description = ""
     resources: dict[str, float] = Field(
         description='Ray resources for one benchmark task, e.g. {"hw_cpu_x86": 1}.'
     )
-    backend: str = "torch"
-    precision: str = "fp32"
-    batch_size: int = Field(default=1, ge=1)
-    num_threads: int | None = Field(default=None, ge=1)
+    backend: StrictStr = Field(default="torch", min_length=1, max_length=32)
+    precision: StrictStr = Field(default="fp32", min_length=1, max_length=32)
+    batch_size: int = Field(default=1, ge=1, le=256)
+    num_threads: int | None = Field(default=None, ge=1, le=256)
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, value: dict[str, float]) -> dict[str, float]:
+        return check_resource_amounts(value)
 
 
-class TargetUpdate(BaseModel):
-    description: str | None = None
+class TargetUpdate(_Request):
+    description: Description | None = None
     resources: dict[str, float] | None = None
-    backend: str | None = None
-    precision: str | None = None
-    batch_size: int | None = Field(default=None, ge=1)
-    num_threads: int | None = Field(default=None, ge=1)
+    backend: StrictStr | None = Field(default=None, min_length=1, max_length=32)
+    precision: StrictStr | None = Field(default=None, min_length=1, max_length=32)
+    batch_size: int | None = Field(default=None, ge=1, le=256)
+    num_threads: int | None = Field(default=None, ge=1, le=256)
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        return None if value is None else check_resource_amounts(value)
 
 
-class TargetPublic(TargetCreate):
+class TargetPublic(BaseModel):
+    name: str
+    description: str
+    resources: dict[str, float]
+    backend: str
+    precision: str
+    batch_size: int
+    num_threads: int | None
     created_by: str
     created_at: datetime
     updated_at: datetime

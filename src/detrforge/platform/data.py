@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from detrforge.platform.errors import DatasetProblem, InvalidDatasetError, InvalidSpecError
+from detrforge.platform.limits import DEFAULT_MAX_ANNOTATION_BYTES
 
 __all__ = [
     "ANNOTATION_FILE",
@@ -80,19 +81,26 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def validate_dataset(root: Path) -> list[DatasetProblem]:
-    """Every problem in the dataset at ``root``; an empty list means it is valid."""
-    return _scan(Path(root))[0]
+def validate_dataset(
+    root: Path, *, max_annotation_bytes: int = DEFAULT_MAX_ANNOTATION_BYTES
+) -> list[DatasetProblem]:
+    """Every problem in the dataset at ``root``; an empty list means it is valid.
+
+    An annotation file larger than ``max_annotation_bytes`` is a problem, not read.
+    """
+    return _scan(Path(root), max_annotation_bytes)[0]
 
 
-def require_valid_dataset(root: Path) -> DatasetInfo:
+def require_valid_dataset(
+    root: Path, *, max_annotation_bytes: int = DEFAULT_MAX_ANNOTATION_BYTES
+) -> DatasetInfo:
     """Describe the dataset at ``root``.
 
     Raises:
         InvalidDatasetError: listing every problem in ``details`` when the dataset is not valid.
     """
     root = Path(root)
-    problems, splits = _scan(root)
+    problems, splits = _scan(root, max_annotation_bytes)
     if problems:
         first = problems[0]
         raise InvalidDatasetError(
@@ -142,7 +150,7 @@ def _root_problem(root: Path) -> DatasetProblem | None:
     return None
 
 
-def _scan(root: Path) -> tuple[list[DatasetProblem], dict[str, _Split]]:
+def _scan(root: Path, max_annotation_bytes: int) -> tuple[list[DatasetProblem], dict[str, _Split]]:
     root_problem = _root_problem(root)
     if root_problem is not None:
         return [root_problem], {}
@@ -151,7 +159,7 @@ def _scan(root: Path) -> tuple[list[DatasetProblem], dict[str, _Split]]:
     for name in SPLITS:
         split_dir = root / name
         if split_dir.is_dir():
-            parsed = _SplitChecker(split_dir, name, problems).run()
+            parsed = _SplitChecker(split_dir, name, problems, max_annotation_bytes).run()
             if parsed is not None:
                 splits[name] = parsed
         elif split_dir.exists():
@@ -169,7 +177,14 @@ def _scan(root: Path) -> tuple[list[DatasetProblem], dict[str, _Split]]:
 class _SplitChecker:
     """Checks one split folder, appending every problem it finds to a shared list."""
 
-    def __init__(self, split_dir: Path, split: str, problems: list[DatasetProblem]) -> None:
+    def __init__(
+        self,
+        split_dir: Path,
+        split: str,
+        problems: list[DatasetProblem],
+        max_annotation_bytes: int = DEFAULT_MAX_ANNOTATION_BYTES,
+    ) -> None:
+        self.max_annotation_bytes = max_annotation_bytes
         self.split_dir = split_dir
         self.split = split
         self.ann_file = f"{split}/{ANNOTATION_FILE}"
@@ -219,12 +234,27 @@ class _SplitChecker:
             self.add("file", f"annotation file is missing; export {self.split} in COCO format")
             return None
         try:
+            size = path.stat().st_size
+            if size > self.max_annotation_bytes:
+                self.add(
+                    "file",
+                    f"annotation file is {size} bytes; the limit is {self.max_annotation_bytes} "
+                    "(DETRFORGE_MAX_ANNOTATION_BYTES)",
+                )
+                return None
             data = json.loads(path.read_bytes())
         except OSError as exc:
             self.add("file", f"annotation file is unreadable ({exc}); fix its permissions")
             return None
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
             self.add("json", f"annotation file is not valid JSON ({exc}); re-export it")
+            return None
+        except RecursionError:
+            self.add(
+                "json",
+                "annotation file nests its arrays or objects too deeply to read; a COCO export "
+                "nests a few levels, re-export it",
+            )
             return None
         if not isinstance(data, dict):
             self.add(
@@ -469,7 +499,7 @@ def _annotation_digest(path: Path) -> str:
         canonical = json.dumps(
             json.loads(raw), sort_keys=True, separators=(",", ":"), ensure_ascii=False
         ).encode()
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         # An unparseable file still needs a fingerprint; its raw bytes are all there is.
         return "raw:" + hashlib.sha256(raw).hexdigest()
     return "json:" + hashlib.sha256(canonical).hexdigest()

@@ -8,6 +8,7 @@ from an installed wheel and from any working directory.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -114,11 +115,32 @@ def make_engine(url: str) -> Engine:
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
+        _create_private_file(parsed.database)
         engine = create_engine(parsed, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _configure_sqlite)
         return engine
     # pre_ping drops connections a restarted or failed-over server has closed.
     return create_engine(parsed, pool_pre_ping=True)
+
+
+def _create_private_file(database: str | None) -> None:
+    """Create a new SQLite database file readable by its owner only (0600).
+
+    SQLite would create it with the umask's mode (often world-readable); its journal and WAL
+    files take the database file's mode, so they stay private too. An existing file is left as
+    it is.
+    """
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # created by another process since the check: theirs to keep
+        return
+    os.close(fd)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

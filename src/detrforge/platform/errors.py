@@ -15,12 +15,17 @@ __all__ = [
     "DetrforgeError",
     "IntegrityError",
     "InvalidDatasetError",
+    "InvalidRequestError",
     "InvalidSpecError",
+    "MalformedRequestError",
+    "MethodNotAllowedError",
     "NotFoundError",
+    "PayloadTooLargeError",
     "PermissionDeniedError",
     "ResourceUnavailableError",
     "StorageError",
     "UnauthenticatedError",
+    "UnsupportedMediaTypeError",
 ]
 
 
@@ -41,13 +46,13 @@ class DetrforgeError(Exception):
         return (_rebuild, (type(self), self.message, self.field, self.details))
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON error body: ``code``, ``message``, and ``field``/``details`` where known."""
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.field is not None:
-            body["field"] = self.field
-        if self.details:
-            body["details"] = self.details
-        return body
+        """The JSON error body: ``code``, ``message``, ``field`` (or None) and ``details``."""
+        return {
+            "code": self.code,
+            "message": self.message,
+            "field": self.field,
+            "details": self.details,
+        }
 
 
 def _rebuild(
@@ -110,3 +115,33 @@ class ResourceUnavailableError(DetrforgeError):
     """No node in the cluster offers the resources a job asks for."""
 
     code = "RESOURCE_UNAVAILABLE"
+
+
+class InvalidRequestError(DetrforgeError):
+    """A request is well-formed JSON but not acceptable (too deep, wrong type, ...)."""
+
+    code = "INVALID_REQUEST"
+
+
+class MalformedRequestError(DetrforgeError):
+    """A request body could not be parsed at all (broken JSON, bad Content-Length)."""
+
+    code = "MALFORMED_REQUEST"
+
+
+class PayloadTooLargeError(DetrforgeError):
+    """A request body is larger than the server accepts (``max_request_bytes``)."""
+
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class UnsupportedMediaTypeError(DetrforgeError):
+    """A request body is not JSON."""
+
+    code = "UNSUPPORTED_MEDIA_TYPE"
+
+
+class MethodNotAllowedError(DetrforgeError):
+    """The path exists but not with this HTTP method."""
+
+    code = "METHOD_NOT_ALLOWED"

@@ -15,7 +15,7 @@ from typing import Any
 
 from detrforge.platform.errors import ClusterError, NotFoundError, ResourceUnavailableError
 
-__all__ = ["JobStatus", "Launcher", "require_resources"]
+__all__ = ["JobStatus", "Launcher", "require_capacity", "require_resources"]
 
 
 def require_resources(
@@ -33,6 +33,36 @@ def require_resources(
         "node with that hardware, or ask for less.",
         field=field,
     )
+
+
+# Slack for float division: 0.9 CPU holds three workers of 0.3 although 0.9 // 0.3 == 2.0.
+_EPSILON = 1e-9
+
+
+def require_capacity(
+    nodes: list[dict[str, float]], per_worker: dict[str, float], workers: int
+) -> None:
+    """Raise unless ``workers`` workers of ``per_worker`` each fit the alive ``nodes`` at once.
+
+    A worker cannot span nodes, so capacity is counted per node (how many whole workers each
+    node holds), not as the cluster's sum: Ray would otherwise leave the job pending until the
+    schedule timeout.
+    """
+    require_resources(
+        nodes, per_worker, what="one worker's resources", field="resources_per_worker"
+    )
+    placeable = sum(
+        min(int((node.get(k, 0.0) + _EPSILON) // v) for k, v in per_worker.items())
+        for node in nodes
+    )
+    if placeable < workers:
+        totals = {k: sum(n.get(k, 0.0) for n in nodes) for k in per_worker}
+        raise ResourceUnavailableError(
+            f"num_workers={workers} workers of {per_worker} do not fit the cluster: its "
+            f"{len(nodes)} alive node(s) hold {placeable} such worker(s) (in all {totals}). "
+            "Ask for fewer workers or less per worker, or add nodes.",
+            field="num_workers",
+        )
 
 
 @dataclass(frozen=True)

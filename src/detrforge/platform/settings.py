@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from detrforge.platform.limits import DEFAULT_MAX_ANNOTATION_BYTES, DEFAULT_MAX_REQUEST_BYTES
+
 __all__ = ["Settings"]
 
 
@@ -75,10 +77,18 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in parts if part.strip())
         return value
 
+    # The largest request body the API reads; datasets and checkpoints go by path or URI.
+    max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1)
+    # The largest _annotations.coco.json a dataset may hold (it is read into memory to validate).
+    max_annotation_bytes: int = Field(default=DEFAULT_MAX_ANNOTATION_BYTES, ge=1)
+
     def resolved_home(self) -> Path:
-        """``home`` as an absolute path, created if missing."""
+        """``home`` as an absolute path, created if missing (0700: it holds the admin key and the
+        registry database)."""
         home = self.home.expanduser().resolve()
-        home.mkdir(parents=True, exist_ok=True)
+        if not home.exists():
+            home.mkdir(parents=True, mode=0o700, exist_ok=True)
+            home.chmod(0o700)  # mkdir's mode is filtered by the umask
         return home
 
     def resolved_database_url(self) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from detrforge.platform.errors import InvalidSpecError
+from detrforge.platform.limits import MAX_INT, MAX_RESOURCE_AMOUNT, Name, Uri
 
 __all__ = [
     "MODEL_SIZES",
@@ -62,13 +64,36 @@ def check_resolution(size: str, resolution: int) -> None:
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Strict: a wrong JSON type is an error naming the field, never a coercion ("3" is not 3).
+    # JSON ints still fill float fields. Specs rebuilt from stored JSON stay valid under it.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+
+# A seed numpy accepts (numpy's legacy seeding takes 32 bits).
+MAX_SEED = 2**32 - 1
+# Ray resources a request may name at once; real ones name two or three.
+MAX_RESOURCE_NAMES = 32
+
+
+def check_resource_amounts(value: dict[str, float]) -> dict[str, float]:
+    """``value`` if every quantity is finite, above 0 and at most ``MAX_RESOURCE_AMOUNT``."""
+    if len(value) > MAX_RESOURCE_NAMES:
+        raise ValueError(f"name at most {MAX_RESOURCE_NAMES} resources, not {len(value)}")
+    for name, amount in value.items():
+        if not 0 < len(name) <= 128 or not name.isprintable():
+            raise ValueError(f"resource name {name[:130]!r} must be 1 to 128 printable characters")
+        if not math.isfinite(amount) or not 0 < amount <= MAX_RESOURCE_AMOUNT:
+            raise ValueError(
+                f"resource {name!r} must be a finite number above 0 and at most "
+                f"{MAX_RESOURCE_AMOUNT:.0f}, got {amount}"
+            )
+    return value
 
 
 class FinetuneSpec(_Spec):
     """Everything a fine-tune job needs; ``dataset`` is a local path or ``s3://`` prefix."""
 
-    dataset: str = Field(min_length=1)
+    dataset: Uri
     model_size: ModelSize = "nano"
     resolution: int | None = Field(default=None, description="Input size; default: the size's own.")
     epochs: int = Field(default=10, ge=1, le=10_000)
@@ -79,11 +104,11 @@ class FinetuneSpec(_Spec):
     weight_decay: float = Field(default=1e-4, ge=0, le=1.0)
     use_ema: bool = True
     early_stopping: bool = False
-    early_stopping_patience: int = Field(default=10, ge=1)
-    early_stopping_min_delta: float = Field(default=0.001, ge=0)
+    early_stopping_patience: int = Field(default=10, ge=1, le=10_000)
+    early_stopping_min_delta: float = Field(default=0.001, ge=0, le=1.0)
     gradient_checkpointing: bool = False
-    freeze_encoder_epochs: int = Field(default=0, ge=0)
-    pretrain_weights: str | None = Field(
+    freeze_encoder_epochs: int = Field(default=0, ge=0, le=10_000)
+    pretrain_weights: Uri | None = Field(
         default=None, description="Local path or s3:// URI of a .pth; none trains from scratch."
     )
     num_queries: int | None = Field(default=None, ge=1, le=3000)
@@ -92,19 +117,18 @@ class FinetuneSpec(_Spec):
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
     threads_per_worker: int = Field(default=1, ge=1, le=256)
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
     max_failures: int = Field(default=0, ge=-1, le=100)
-    checkpoint_frequency: int = Field(default=1, ge=1, description="Checkpoint every N epochs.")
-    num_checkpoints_to_keep: int = Field(default=2, ge=1)
+    checkpoint_frequency: int = Field(
+        default=1, ge=1, le=10_000, description="Checkpoint every N epochs."
+    )
+    num_checkpoints_to_keep: int = Field(default=2, ge=1, le=1000)
     dataloader_workers: int = Field(default=0, ge=0, le=64)
 
     @field_validator("resources_per_worker")
     @classmethod
     def _resources_positive(cls, value: dict[str, float]) -> dict[str, float]:
-        for name, amount in value.items():
-            if amount < 0:
-                raise ValueError(f"resource {name!r} must be >= 0, got {amount}")
-        return value
+        return check_resource_amounts(value)
 
     @field_validator("pretrain_weights")
     @classmethod
@@ -180,7 +204,7 @@ EVAL_BACKENDS = ("pycocotools", "faster")
 class _CheckpointSpec(_Spec):
     """A trained checkpoint: its URI, model size and resolution (the API can fill them)."""
 
-    checkpoint: str = Field(min_length=1, description="A .pth path, file:// or s3:// URI.")
+    checkpoint: Uri = Field(description="A .pth path, file:// or s3:// URI.")
     checkpoint_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     model_size: ModelSize = "nano"
     resolution: int = Field(default=384)
@@ -197,7 +221,7 @@ class _CheckpointSpec(_Spec):
 class EvaluateSpec(_CheckpointSpec):
     """COCO bbox AP of a checkpoint on one split of a dataset."""
 
-    dataset: str = Field(min_length=1)
+    dataset: Uri
     split: Literal["train", "valid", "test"] = "valid"
     backend: Backend = "torch"
     eval_backend: Literal["pycocotools", "faster"] = "pycocotools"
@@ -207,7 +231,7 @@ class EvaluateSpec(_CheckpointSpec):
 class BenchmarkSpec(_CheckpointSpec):
     """Latency of a checkpoint on a named hardware target (filled in from the target's profile)."""
 
-    target: str = Field(min_length=1)
+    target: Name
     target_resources: dict[str, float] = Field(default_factory=dict)
     backend: Backend = "torch"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
@@ -216,13 +240,18 @@ class BenchmarkSpec(_CheckpointSpec):
     runs: int = Field(default=50, ge=1, le=100_000)
     inter_run_sleep_ms: float = Field(default=0.0, ge=0, le=60_000)
     num_threads: int | None = Field(default=None, ge=1, le=256)
-    dataset: str | None = Field(
+    dataset: Uri | None = Field(
         default=None, description="Images to time (its split); default: synthetic images."
     )
     split: Literal["train", "valid", "test"] = "valid"
     evaluate: bool = Field(default=False, description="Also measure AP on the split (A/B).")
-    model_name: str | None = Field(default=None, description="Registry model, for the history.")
-    model_version: int | None = Field(default=None, ge=1)
+    model_name: Name | None = Field(default=None, description="Registry model, for the history.")
+    model_version: int | None = Field(default=None, ge=1, le=MAX_INT)
+
+    @field_validator("target_resources")
+    @classmethod
+    def _resources_positive(cls, value: dict[str, float]) -> dict[str, float]:
+        return check_resource_amounts(value)
 
 
 # -- sweeps ------------------------------------------------------------------------------------
@@ -265,7 +294,9 @@ class SweepScheduler(_Spec):
     """``asha`` stops weak trials at rungs (grace x reduction factor^k); ``none`` runs all."""
 
     type: Literal["asha", "none"] = "asha"
-    grace_period: int = Field(default=1, ge=1, description="Epochs before ASHA may stop a trial.")
+    grace_period: int = Field(
+        default=1, ge=1, le=10_000, description="Epochs before ASHA may stop a trial."
+    )
     reduction_factor: float = Field(default=2.0, gt=1.0, le=100.0)
     max_epochs: int | None = Field(
         default=None, ge=1, le=10_000, description="ASHA's max_t; default: the largest epochs."
@@ -292,7 +323,7 @@ class SweepSpec(_Spec):
     only); ``base`` fixes other fine-tune fields for every trial.
     """
 
-    dataset: str = Field(min_length=1)
+    dataset: Uri
     space: dict[str, Any] = Field(default_factory=lambda: {"model_size": ["nano"]})
     base: dict[str, Any] = Field(default_factory=dict)
     num_samples: int = Field(
@@ -300,16 +331,21 @@ class SweepSpec(_Spec):
     )
     scheduler: SweepScheduler = Field(default_factory=SweepScheduler)
     search: Literal["grid", "random", "optuna"] = "grid"
-    target: str = Field(min_length=1, description="The hardware target p95 is measured on.")
+    target: Name = Field(description="The hardware target p95 is measured on.")
     target_resources: dict[str, float] = Field(default_factory=dict)
     backend: Backend = "torch"
     bench_threads: int | None = Field(default=None, ge=1, le=256)
     bench_warmup: int = Field(default=3, ge=0, le=10_000)
     bench_runs: int = Field(default=20, ge=1, le=100_000)
-    latency_sla_ms: float | None = Field(default=None, gt=0)
+    latency_sla_ms: float | None = Field(default=None, gt=0, le=3_600_000)
     max_concurrent_trials: int = Field(default=2, ge=1, le=1024)
     resources_per_trial: TrialResources = Field(default_factory=TrialResources)
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
+
+    @field_validator("target_resources")
+    @classmethod
+    def _resources_positive(cls, value: dict[str, float]) -> dict[str, float]:
+        return check_resource_amounts(value)
 
     @model_validator(mode="after")
     def _check_sweep(self) -> SweepSpec:
@@ -373,8 +409,9 @@ class SweepSpec(_Spec):
             except ValidationError as exc:
                 message = exc.errors()[0]["msg"].removeprefix("Value error, ")
                 raise _FieldError(field, f"{field}: {message}") from None
-            self._validate({key: rng.low}, field)
-            self._validate({key: rng.high}, field)
+            # A range's ends are floats by ParamRange's type; whole ones may fill int fields.
+            self._validate({key: rng.low}, field, strict=False)
+            self._validate({key: rng.high}, field, strict=False)
             return
         if not isinstance(value, list):
             raise _FieldError(field, f"{field}: give a list of choices or a range object")
@@ -395,9 +432,11 @@ class SweepSpec(_Spec):
         for choice in value:
             self._validate({key: choice}, field)
 
-    def _validate(self, fields: dict[str, Any], field: str) -> None:
+    def _validate(self, fields: dict[str, Any], field: str, *, strict: bool = True) -> None:
         try:
-            FinetuneSpec.model_validate({"dataset": self.dataset, **self.base, **fields})
+            FinetuneSpec.model_validate(
+                {"dataset": self.dataset, **self.base, **fields}, strict=strict
+            )
         except (ValidationError, _FieldError) as exc:
             if isinstance(exc, _FieldError):
                 message = exc.message
@@ -450,6 +489,7 @@ class SweepSpec(_Spec):
         resources = {"CPU": self.resources_per_trial.cpu}
         if gpu:
             resources["GPU"] = gpu
+        # Lax: Ray Tune samples numpy numbers, which strict mode would refuse.
         return FinetuneSpec.model_validate(
             {
                 **fields,
@@ -458,5 +498,6 @@ class SweepSpec(_Spec):
                 "use_gpu": gpu > 0,
                 "resources_per_worker": resources,
                 "seed": self.seed,
-            }
+            },
+            strict=False,
         )

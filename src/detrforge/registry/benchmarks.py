@@ -22,6 +22,9 @@ value exactly, i.e. ``[BenchmarkRecord(**row) for row in from_csv(text)] == reco
   ``"null"``): then it is written JSON-quoted (the text 12 becomes the cell ``"12"``, quotes
   included, while the number 12 becomes ``12``). Reading, a cell that parses as JSON is that
   value and any other cell is the text itself.
+- Text (not numbers, times or JSON) that would start a spreadsheet formula (``=``, ``+``, ``-``,
+  ``@``, tab, CR) or starts with ``'`` is written with a leading ``'`` (OWASP's rule for CSV
+  injection); reading drops it (``csv_cells``).
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, exc, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from detrforge.platform.csv_cells import escape_cell, unescape_cell
 from detrforge.platform.db import utcnow
 from detrforge.platform.environment import ENVIRONMENT_KEYS
 from detrforge.platform.errors import InvalidSpecError, NotFoundError
+from detrforge.platform.limits import check_page
 from detrforge.registry.dbmodels import SqlBenchmarkRecord
 from detrforge.registry.entities import BenchmarkRecord
 from detrforge.registry.targets import check_resources
@@ -56,7 +61,6 @@ __all__ = [
     "to_csv",
 ]
 
-MAX_PAGE_SIZE = 500
 ENV_COLUMN_PREFIX = "env."
 SUMMARY_GROUPS = ("checkpoint_sha256", "model_name")
 
@@ -198,10 +202,7 @@ class BenchmarkStore:
 
         ``since`` is inclusive and ``until`` exclusive: ``since <= created_at < until``.
         """
-        if not 1 <= limit <= MAX_PAGE_SIZE:
-            raise InvalidSpecError(f"limit must be between 1 and {MAX_PAGE_SIZE}", field="limit")
-        if offset < 0:
-            raise InvalidSpecError("offset must be 0 or more", field="offset")
+        check_page(limit, offset)
         filters: builtins.list[ColumnElement[bool]] = []
         for column, value in (
             (SqlBenchmarkRecord.checkpoint_sha256, checkpoint_sha256),
@@ -442,7 +443,7 @@ def _reads_as_json(text: str) -> bool:
 
 def _env_cell(value: Any) -> str:
     if isinstance(value, str) and value and not _reads_as_json(value):
-        return value
+        return escape_cell(value)
     return json.dumps(value)
 
 
@@ -457,6 +458,8 @@ def _cell(value: Any) -> str:
         # Sorted: PostgreSQL's JSONB does not keep key order, and an export should not depend
         # on the backend.
         return json.dumps(value, sort_keys=True)
+    if isinstance(value, str):
+        return escape_cell(value)
     return str(value)
 
 
@@ -530,6 +533,8 @@ def _env_key(column: str) -> str:
 
 
 def _parse_env(cell: str) -> Any:
+    if cell.startswith("'"):
+        return unescape_cell(cell)
     try:
         return json.loads(cell)
     except ValueError:
@@ -555,4 +560,4 @@ def _parse_cell(column: str, cell: str) -> Any:
         return int(cell)
     if column in _REQUIRED_MS or column in _OPTIONAL_MS or column == "images_per_s":
         return float(cell)
-    return cell
+    return unescape_cell(cell)

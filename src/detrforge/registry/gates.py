@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
+from detrforge.platform.limits import Name, Uri
 from detrforge.registry.entities import GateResult
 
 __all__ = [
@@ -30,24 +31,27 @@ P95_METRIC = "latency_ms/p95"
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Strict, like every request model: a policy is set through the API.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class EvalSet(_Frozen):
     """The pinned evaluation set every candidate and baseline is scored on."""
 
-    dataset: str = Field(min_length=1, description="Local path or s3:// prefix (COCO layout).")
+    dataset: Uri = Field(description="Local path or s3:// prefix (COCO layout).")
     split: Literal["train", "valid", "test"] = "valid"
     backend: Literal["torch", "onnxruntime"] = "torch"
-    fingerprint: str | None = Field(
-        default=None, description="Filled in when the policy is set; a changed set is refused."
+    fingerprint: StrictStr | None = Field(
+        max_length=128,
+        default=None,
+        description="Filled in when the policy is set; a changed set is refused.",
     )
 
 
 class TargetGate(_Frozen):
     """Latency checks on one hardware target: a ratio to production and/or an absolute SLA."""
 
-    target: str = Field(min_length=1)
+    target: Name
     max_p95_ratio: float | None = Field(default=None, gt=0)
     p95_sla_ms: float | None = Field(default=None, gt=0)
 
@@ -66,7 +70,7 @@ class GatePolicy(_Frozen):
     eval: EvalSet | None = None
     ap_floor: float | None = Field(default=None, ge=0, le=1)
     max_ap_drop: float | None = Field(default=None, ge=0, le=1)
-    targets: list[TargetGate] = Field(default_factory=list)
+    targets: list[TargetGate] = Field(default_factory=list, max_length=64)
     benchmark_runs: int = Field(default=30, ge=1, le=10_000)
     benchmark_warmup: int = Field(default=5, ge=0, le=10_000)
 

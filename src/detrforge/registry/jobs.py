@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from detrforge.platform.db import utcnow
 from detrforge.platform.errors import InvalidSpecError, NotFoundError
+from detrforge.platform.limits import check_page
 from detrforge.registry.dbmodels import SqlJob
 from detrforge.registry.entities import Job, JobState
 
@@ -40,8 +41,6 @@ UPDATABLE_FIELDS = frozenset(
 )
 _DICT_FIELDS = frozenset({"progress", "metrics"})
 _DATETIME_FIELDS = frozenset({"started_at", "finished_at"})
-
-MAX_PAGE_SIZE = 500
 
 
 def new_job_id(kind: str) -> str:
@@ -113,10 +112,7 @@ class JobStore:
         offset: int = 0,
     ) -> tuple[builtins.list[Job], int]:
         """One page of jobs, newest first, and the number of jobs matching the filters."""
-        if not 1 <= limit <= MAX_PAGE_SIZE:
-            raise InvalidSpecError(f"limit must be between 1 and {MAX_PAGE_SIZE}", field="limit")
-        if offset < 0:
-            raise InvalidSpecError("offset must be 0 or more", field="offset")
+        check_page(limit, offset)
         filters: builtins.list[ColumnElement[bool]] = []
         if state is not None:
             filters.append(SqlJob.state == JobState(state).value)

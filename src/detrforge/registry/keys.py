@@ -20,7 +20,8 @@ from sqlalchemy import Engine, bindparam, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from detrforge.platform.db import utcnow
-from detrforge.platform.errors import InvalidSpecError, NotFoundError
+from detrforge.platform.errors import ConflictError, InvalidSpecError, NotFoundError
+from detrforge.platform.limits import MAX_NAME_LENGTH, check_name
 from detrforge.registry.dbmodels import SqlApiKey
 from detrforge.registry.entities import ApiKey, Role
 
@@ -33,9 +34,13 @@ _DISPLAY_PREFIX_LENGTH = 8
 # last_used_at is a hint for people auditing keys, not a log: one write a minute is enough and
 # keeps authentication from writing on every request.
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
-_MAX_NAME_LENGTH = 255
 # authenticate() runs on every request: a prebuilt Core statement on a plain connection costs a
 # fraction of an ORM session query. Columns only, so the row reads like the ORM object.
+_ACTIVE_ADMINS = (
+    select(SqlApiKey.id)
+    .where(SqlApiKey.role == Role.admin.value)
+    .where(SqlApiKey.revoked_at.is_(None))
+)
 _BY_HASH = select(*SqlApiKey.__table__.c).where(SqlApiKey.key_hash == bindparam("key_hash"))
 
 
@@ -66,10 +71,14 @@ class KeyStore:
 
     def _create(self, session: Session, *, name: str, role: Role) -> tuple[ApiKey, str]:
         name = name.strip()
-        if not name or len(name) > _MAX_NAME_LENGTH:
+        if not name or len(name) > MAX_NAME_LENGTH:
             raise InvalidSpecError(
-                f"key name must be 1 to {_MAX_NAME_LENGTH} characters", field="name"
+                f"key name must be 1 to {MAX_NAME_LENGTH} characters", field="name"
             )
+        try:
+            check_name(name)
+        except ValueError as exc:
+            raise InvalidSpecError(f"key name: {exc}", field="name") from None
         try:
             role = Role(role)
         except ValueError:
@@ -158,14 +167,26 @@ class KeyStore:
 
         Raises:
             NotFoundError: no such key.
+            ConflictError: the key is the last active admin key (nobody could manage keys).
         """
         with self._sessions.begin() as session:
             row = session.get(SqlApiKey, key_id)
             if row is None:
                 raise NotFoundError(f"api key {key_id} not found")
             if row.revoked_at is None:
+                is_admin = row.role == Role.admin.value
+                if is_admin:
+                    # PostgreSQL: two revocations of the last two admins wait on each other here.
+                    session.scalars(_ACTIVE_ADMINS.with_for_update()).all()
                 row.revoked_at = utcnow()
                 session.flush()
+                # Counted after the write (SQLite holds its write lock from the flush on).
+                if is_admin and not session.scalars(_ACTIVE_ADMINS.limit(1)).first():
+                    raise ConflictError(
+                        f"key {row.name!r} is the last active admin key; create another admin "
+                        "key first, or nobody could manage keys",
+                        field="key_id",
+                    )
             return row.to_entity()
 
     def ensure_admin_key(self, path: Path) -> str | None:

@@ -23,8 +23,10 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Engine, bindparam, exc, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from detrforge.platform.csv_cells import escape_cell
 from detrforge.platform.db import utcnow
 from detrforge.platform.errors import ConflictError, InvalidSpecError, NotFoundError
+from detrforge.platform.limits import check_page
 from detrforge.registry.dbmodels import (
     SqlAuditEvent,
     SqlGatePolicy,
@@ -47,7 +49,6 @@ from detrforge.registry.entities import (
 __all__ = ["AUDIT_CSV_COLUMNS", "MODEL_NAME_PATTERN", "ModelRegistry", "audit_to_csv"]
 
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-MAX_PAGE_SIZE = 1000
 AUDIT_CSV_COLUMNS = (
     "id",
     "at",
@@ -243,7 +244,7 @@ class ModelRegistry:
         self, *, limit: int = 100, offset: int = 0
     ) -> tuple[builtins.list[RegisteredModel], int]:
         """One page of models by name, and how many there are."""
-        _check_page(limit, offset)
+        check_page(limit, offset)
         with self._sessions() as session:
             total = session.scalar(select(func.count()).select_from(SqlRegisteredModel))
             rows = session.scalars(
@@ -772,7 +773,7 @@ class ModelRegistry:
 
         ``action`` matches exactly or, ending in ``.``, as a prefix (``promotion.``).
         """
-        _check_page(limit, offset)
+        check_page(limit, offset)
         filters: builtins.list[ColumnElement[bool]] = []
         if model_name is not None:
             filters.append(SqlAuditEvent.model_name == model_name)
@@ -811,34 +812,31 @@ class ModelRegistry:
 
 
 def audit_to_csv(events: Iterable[AuditEvent]) -> str:
-    """Audit events as CSV with a header row; ``details`` is JSON text."""
+    """Audit events as CSV with a header row; ``details`` is JSON text.
+
+    Text cells that would start a spreadsheet formula are quoted (``csv_cells.escape_cell``).
+    """
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # RFC 4180 line ends: a cell holding CR or LF is then quoted, so the file reads back.
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(AUDIT_CSV_COLUMNS)
     for event in events:
         writer.writerow(
             [
                 event.id,
                 event.at.isoformat(),
-                event.actor,
-                event.action,
-                event.model_name or "",
+                escape_cell(event.actor),
+                escape_cell(event.action),
+                escape_cell(event.model_name or ""),
                 "" if event.version is None else event.version,
-                event.before or "",
-                event.after or "",
-                event.reason or "",
-                event.request_id or "",
+                escape_cell(event.before or ""),
+                escape_cell(event.after or ""),
+                escape_cell(event.reason or ""),
+                escape_cell(event.request_id or ""),
                 json.dumps(event.details, sort_keys=True),
             ]
         )
     return buffer.getvalue()
-
-
-def _check_page(limit: int, offset: int) -> None:
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise InvalidSpecError(f"limit must be between 1 and {MAX_PAGE_SIZE}", field="limit")
-    if offset < 0:
-        raise InvalidSpecError("offset must be 0 or more", field="offset")
 
 
 def _model_exists(name: str) -> ConflictError:

@@ -7,11 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 
 from detrforge.api.deps import Operator, ServicesDep, Viewer
+from detrforge.api.errors import ERROR_RESPONSES
 from detrforge.api.pagination import JobPage, jobs_page
 from detrforge.api.schemas import JobPublic, JobsPublic
 from detrforge.platform.specs import BenchmarkSpec, EvaluateSpec
 
-router = APIRouter(prefix="/api/v1", tags=["evaluation"])
+router = APIRouter(prefix="/api/v1", tags=["evaluation"], responses=ERROR_RESPONSES)
 
 
 def _body_schema(model: Any) -> dict[str, Any]:

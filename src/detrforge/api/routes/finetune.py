@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from detrforge.api.deps import Operator, ServicesDep, Viewer
+from detrforge.api.errors import ERROR_RESPONSES
 from detrforge.api.pagination import JobPage, jobs_page
+from detrforge.api.params import LogTail
 from detrforge.api.schemas import JobPublic, JobsPublic
 from detrforge.platform.specs import FinetuneSpec
 
-router = APIRouter(prefix="/api/v1/finetune-jobs", tags=["finetune"])
+router = APIRouter(prefix="/api/v1/finetune-jobs", tags=["finetune"], responses=ERROR_RESPONSES)
 
 _SPEC_BODY = {
     "requestBody": {
@@ -47,7 +49,7 @@ def finetune_job_logs(
     job_id: str,
     services: ServicesDep,
     _: Viewer,
-    tail: Annotated[int | None, Query(ge=1)] = None,
+    tail: LogTail = None,
     follow: bool = False,
 ) -> PlainTextResponse | StreamingResponse:
     """The job's driver and worker logs; ``follow=true`` streams them until the job ends."""

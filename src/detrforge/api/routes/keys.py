@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from detrforge.api.deps import Admin, ServicesDep, Viewer
+from detrforge.api.errors import ERROR_RESPONSES
 from detrforge.api.schemas import KeyCreate, KeyCreated, KeyPublic, KeysPublic
 
-router = APIRouter(prefix="/api/v1", tags=["keys"])
+router = APIRouter(prefix="/api/v1", tags=["keys"], responses=ERROR_RESPONSES)
 
 
 @router.get("/whoami", response_model=KeyPublic)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import PlainTextResponse
 
 from detrforge.api.deps import Approver, Operator, RequestId, ServicesDep, Viewer
+from detrforge.api.errors import ERROR_RESPONSES
+from detrforge.api.params import PageLimit, PageOffset, QueryText, QueryTime, VersionNumber
 from detrforge.api.registry_schemas import (
     AuditEventPublic,
     AuditEventsPublic,
@@ -20,13 +21,14 @@ from detrforge.api.registry_schemas import (
     PromotionsPublic,
     RollbackCreate,
     TrialRegister,
+    VersionCreate,
     VersionPublic,
     VersionsPublic,
 )
 from detrforge.registry.entities import RegisteredModel, Stage
 from detrforge.registry.gates import GatePolicy
 
-router = APIRouter(prefix="/api/v1", tags=["registry"])
+router = APIRouter(prefix="/api/v1", tags=["registry"], responses=ERROR_RESPONSES)
 
 
 def _model(services: Any, model: RegisteredModel) -> ModelPublic:
@@ -54,8 +56,8 @@ def create_model(
 def list_models(
     services: ServicesDep,
     _: Viewer,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: PageLimit = 100,
+    offset: PageOffset = 0,
 ) -> ModelsPublic:
     """Registered models by name."""
     models, total = services.models.registry.list_models(limit=limit, offset=offset)
@@ -100,14 +102,15 @@ def get_policy(name: str, services: ServicesDep, _: Viewer) -> dict[str, Any]:
 @router.post("/models/{name}/versions", response_model=VersionPublic, status_code=201)
 def register_version(
     name: str,
-    body: Annotated[dict[str, Any], Body()],
+    body: VersionCreate,
     services: ServicesDep,
     key: Operator,
     request_id: RequestId,
 ) -> VersionPublic:
     """Register a version from ``job_id`` (a SUCCEEDED fine-tune) or ``checkpoint`` + size +
     resolution; the stored bytes' sha256 is verified."""
-    version = services.models.register_version(name, body, principal=key, request_id=request_id)
+    fields = body.model_dump(exclude_unset=True)
+    version = services.models.register_version(name, fields, principal=key, request_id=request_id)
     return VersionPublic.model_validate(version)
 
 
@@ -147,7 +150,9 @@ def list_versions(
 
 
 @router.get("/models/{name}/versions/{version}", response_model=VersionPublic)
-def get_version(name: str, version: int, services: ServicesDep, _: Viewer) -> VersionPublic:
+def get_version(
+    name: str, version: VersionNumber, services: ServicesDep, _: Viewer
+) -> VersionPublic:
     """One version with its lineage and stage."""
     return VersionPublic.model_validate(services.models.registry.get_version(name, version))
 
@@ -172,7 +177,7 @@ def get_alias(
 )
 def request_promotion(
     name: str,
-    version: int,
+    version: VersionNumber,
     body: PromotionCreate,
     services: ServicesDep,
     key: Operator,
@@ -218,14 +223,14 @@ def rollback(
 def audit(
     services: ServicesDep,
     _: Viewer,
-    model: str | None = None,
-    action: Annotated[str | None, Query(description="Exact, or a prefix ending in '.'")] = None,
-    actor: str | None = None,
-    request_id: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    model: QueryText = None,
+    action: Annotated[QueryText, Query(description="Exact, or a prefix ending in '.'")] = None,
+    actor: QueryText = None,
+    request_id: QueryText = None,
+    since: QueryTime = None,
+    until: QueryTime = None,
+    limit: PageLimit = 100,
+    offset: PageOffset = 0,
     format: Literal["json", "csv"] = "json",  # noqa: A002
 ) -> Any:
     """The audit log, oldest first: who, when, action, model, version, before, after, reason,

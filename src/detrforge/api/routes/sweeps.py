@@ -9,12 +9,13 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from detrforge.api.deps import Operator, ServicesDep, Viewer
+from detrforge.api.errors import ERROR_RESPONSES
 from detrforge.api.pagination import JobPage, jobs_page
 from detrforge.api.schemas import JobPublic, JobsPublic
 from detrforge.api.sweep_service import SweepService
 from detrforge.platform.specs import SweepSpec
 
-router = APIRouter(prefix="/api/v1/sweeps", tags=["sweeps"])
+router = APIRouter(prefix="/api/v1/sweeps", tags=["sweeps"], responses=ERROR_RESPONSES)
 
 _SPEC_BODY = {
     "requestBody": {

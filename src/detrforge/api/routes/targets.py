@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 
 from detrforge.api.deps import Approver, ServicesDep, Viewer
+from detrforge.api.errors import ERROR_RESPONSES
+from detrforge.api.params import PageLimit, PageOffset, QueryText, QueryTime
 from detrforge.api.schemas import (
     BenchmarkRecordsPublic,
     TargetCreate,
@@ -17,7 +18,7 @@ from detrforge.api.schemas import (
     TargetUpdate,
 )
 
-router = APIRouter(prefix="/api/v1", tags=["benchmarks"])
+router = APIRouter(prefix="/api/v1", tags=["benchmarks"], responses=ERROR_RESPONSES)
 
 
 @router.post("/hardware-targets", response_model=TargetPublic, status_code=201)
@@ -59,14 +60,14 @@ def delete_target(name: str, services: ServicesDep, _: Approver) -> None:
 def list_benchmark_records(
     services: ServicesDep,
     _: Viewer,
-    checkpoint_sha256: str | None = None,
-    model_name: str | None = None,
-    target: str | None = None,
-    backend: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    checkpoint_sha256: QueryText = None,
+    model_name: QueryText = None,
+    target: QueryText = None,
+    backend: QueryText = None,
+    since: QueryTime = None,
+    until: QueryTime = None,
+    limit: PageLimit = 50,
+    offset: PageOffset = 0,
     format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",  # noqa: A002
 ) -> Any:
     """The append-only benchmark history, newest first; ``format=csv`` exports it."""
