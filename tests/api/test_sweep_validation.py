@@ -136,11 +136,3 @@ def test_parse_spec_error_names_the_field() -> None:
         parse_spec(SweepSpec, {**VALID, "space": {"resolution": [100]}})
     assert info.value.field == "space.resolution"
     assert "use 96 or 128" in info.value.message
-
-
-def test_api_and_jobs_agree_on_trial_tags() -> None:
-    from detrforge.api import sweep_service
-    from detrforge.jobs import sweep_trial
-
-    assert sweep_service.SWEEP_TAG == sweep_trial.SWEEP_TAG
-    assert sweep_service.TRIAL_TAG == sweep_trial.TRIAL_TAG

@@ -28,6 +28,7 @@ from detrforge.platform.limits import DEFAULT_MAX_ANNOTATION_BYTES
 from detrforge.platform.sources import SourcePolicy
 from detrforge.platform.specs import BenchmarkSpec, EvaluateSpec, FinetuneSpec, parse_spec
 from detrforge.platform.storage import blob_sha256, fetch_local, open_store
+from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 from detrforge.registry.entities import Job, JobState, Principal
 from detrforge.registry.jobs import JobStore
@@ -144,7 +145,7 @@ class JobService:
         args += ["--dataset-fingerprint", fingerprint or ""]
         try:
             submission_id = self.launcher.submit(
-                MODULES[kind], args, submission_id=job.id, metadata={"detrforge.job_id": job.id}
+                MODULES[kind], args, submission_id=job.id, metadata={Tag.JOB_ID: job.id}
             )
         except ClusterError as exc:
             # Kept for the record, but never mistakable for a run that started and failed.
@@ -348,14 +349,14 @@ class JobService:
             if not k.startswith(("progress/", "attempt/", "checkpoint/"))
         }
         fields: dict[str, Any] = {"mlflow_run_id": run_id, "progress": progress, "metrics": metrics}
-        if "detrforge.model_uri" in summary.tags:
-            fields["model_uri"] = summary.tags["detrforge.model_uri"]
+        if Tag.MODEL_URI in summary.tags:
+            fields["model_uri"] = summary.tags[Tag.MODEL_URI]
             fields["checkpoint_sha256"] = summary.tags.get("detrforge.model_sha256")
         checkpoints = self.checkpoints(job.id)
         if checkpoints:
             fields["checkpoint_uri"] = checkpoints[-1]
-        if "detrforge.error" in summary.tags:
-            fields["_run_error"] = summary.tags["detrforge.error"]
+        if Tag.ERROR in summary.tags:
+            fields["_run_error"] = summary.tags[Tag.ERROR]
         return fields
 
     def _unschedulable(self, job: Job, fields: dict[str, Any]) -> bool:
@@ -392,7 +393,7 @@ class JobService:
             )
             result: dict[str, Any] = json.loads(Path(local).read_text())
         result["eval_fingerprint"] = self.tracker.summary(job.mlflow_run_id).tags.get(
-            "detrforge.eval_fingerprint"
+            Tag.EVAL_FINGERPRINT
         )
         return result
 

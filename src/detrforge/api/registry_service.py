@@ -32,6 +32,7 @@ from detrforge.platform.limits import MAX_PAGE_SIZE, parse_reason
 from detrforge.platform.sources import SourcePolicy
 from detrforge.platform.specs import MODEL_SIZES, check_resolution, parse_spec
 from detrforge.platform.storage import open_store, sha256_file
+from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 from detrforge.registry.benchmarks import BenchmarkStore
 from detrforge.registry.entities import (
@@ -672,7 +673,7 @@ class RegistryService:
                             source=version.checkpoint_uri,
                             run_id=version.mlflow_run_id,
                             tags={
-                                "detrforge.version": str(version.version),
+                                Tag.VERSION: str(version.version),
                                 "detrforge.checkpoint_sha256": version.checkpoint_sha256,
                             },
                             description=version.description or None,

@@ -20,14 +20,13 @@ from detrforge.api.job_service import JobService, measured_fields
 from detrforge.platform.errors import ConflictError, InvalidSpecError, NotFoundError
 from detrforge.platform.launcher import require_resources
 from detrforge.platform.specs import SweepSpec, parse_spec
+from detrforge.platform.tags import Tag
 from detrforge.registry.entities import ApiKey, Job, JobState
 
 __all__ = ["SweepService", "trial_record_job_id"]
 
 log = logging.getLogger(__name__)
 
-SWEEP_TAG = "detrforge.sweep_job_id"
-TRIAL_TAG = "detrforge.trial_id"
 _RECORD_JOB_ID_MAX = 32
 
 
@@ -105,32 +104,32 @@ class SweepService:
         tracker = self.jobs.tracker
         runs = tracker.client.search_runs(
             [tracker.experiment_id()],
-            filter_string=f"tags.`{SWEEP_TAG}` = '{job.id}'",
+            filter_string=f"tags.`{Tag.SWEEP_JOB_ID}` = '{job.id}'",
             max_results=1000,
         )
         out = []
         for run in runs:
             tags, metrics = run.data.tags, run.data.metrics
-            state = tags.get("detrforge.trial_state", "RUNNING")
+            state = tags.get(Tag.TRIAL_STATE, "RUNNING")
             if state == "RUNNING" and job.is_terminal:
                 # The sweep ended under it (cancelled or failed): nothing runs any more.
                 state = "CANCELLED" if job.state == JobState.CANCELLED else "ABORTED"
             out.append(
                 {
-                    "trial_id": tags.get(TRIAL_TAG),
+                    "trial_id": tags.get(Tag.TRIAL_ID),
                     "state": state,
-                    "model_size": tags.get("detrforge.model_size"),
-                    "resolution": _int(tags.get("detrforge.resolution")),
-                    "params": json.loads(tags.get("detrforge.searched", "{}")),
+                    "model_size": tags.get(Tag.MODEL_SIZE),
+                    "resolution": _int(tags.get(Tag.RESOLUTION)),
+                    "params": json.loads(tags.get(Tag.SEARCHED, "{}")),
                     "epochs": int(metrics["epoch"]) + 1 if "epoch" in metrics else 0,
                     "ap": metrics.get("bbox/AP"),
                     "best_ap": metrics.get("best/bbox/AP"),
                     "p95_ms": metrics.get("latency_ms/p95"),
                     "p50_ms": metrics.get("latency_ms/p50"),
-                    "checkpoint_uri": tags.get("detrforge.checkpoint_uri"),
+                    "checkpoint_uri": tags.get(Tag.CHECKPOINT_URI),
                     "checkpoint_sha256": tags.get("detrforge.checkpoint_sha256"),
                     "mlflow_run_id": run.info.run_id,
-                    "error": tags.get("detrforge.error") or tags.get("detrforge.benchmark_error"),
+                    "error": tags.get(Tag.ERROR) or tags.get(Tag.BENCHMARK_ERROR),
                 }
             )
         return sorted(out, key=lambda t: str(t["trial_id"]))

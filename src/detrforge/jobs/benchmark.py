@@ -18,6 +18,7 @@ from typing import Any
 from detrforge.jobs.driver import JobContext, check_resources, run_driver
 from detrforge.jobs.evaluate import local_checkpoint, make_predictor
 from detrforge.platform.specs import BenchmarkSpec
+from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 
 __all__ = [
@@ -148,10 +149,10 @@ def log_benchmark_result(
         tracker.log_artifact(run_id, samples, "benchmark")
         tracker.log_artifact(run_id, record, "benchmark")
     tags = {f"detrforge.env.{k}": str(v) for k, v in out["environment"].items() if v is not None}
-    tags["detrforge.node_id"] = out["node_id"]
-    tags["detrforge.target"] = target
+    tags[Tag.NODE_ID] = out["node_id"]
+    tags[Tag.TARGET] = target
     if out["export"]:
-        tags["detrforge.onnx_uri"] = out["export"]["uri"]
+        tags[Tag.ONNX_URI] = out["export"]["uri"]
         tags["detrforge.onnx_sha256"] = out["export"]["sha256"]
     return tags
 

@@ -15,6 +15,7 @@ from detrforge.platform.cluster import wait_for_port
 from detrforge.platform.errors import DetrforgeError
 from detrforge.platform.launcher import require_resources
 from detrforge.platform.settings import Settings
+from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 
 __all__ = ["JobContext", "check_resources", "exit_when_cluster_gone", "run_driver"]
@@ -91,9 +92,9 @@ def run_driver(
         run_name=f"{kind}-{args.job_id}",
         params=ctx.spec,
         tags={
-            "detrforge.kind": kind,
-            "detrforge.dataset_fingerprint": args.dataset_fingerprint,
-            "detrforge.ray_job_id": os.environ.get("RAY_JOB_SUBMISSION_ID", ""),
+            Tag.KIND: kind,
+            Tag.DATASET_FINGERPRINT: args.dataset_fingerprint,
+            Tag.RAY_JOB_ID: os.environ.get("RAY_JOB_SUBMISSION_ID", ""),
         },
     )
     print(f"detrforge: job {args.job_id} MLflow run {ctx.run_id}", flush=True)
@@ -104,7 +105,7 @@ def run_driver(
     except BaseException as exc:  # noqa: BLE001 - a failed job records why, whatever it was
         message = exc.message if isinstance(exc, DetrforgeError) else f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
-        ctx.tracker.set_tags(ctx.run_id, {"detrforge.error": message[:5000]})
+        ctx.tracker.set_tags(ctx.run_id, {Tag.ERROR: message[:5000]})
         ctx.tracker.end_run(
             ctx.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 from detrforge.jobs.driver import JobContext, run_driver
 from detrforge.platform.specs import EvaluateSpec
+from detrforge.platform.tags import Tag
 
 __all__ = ["evaluate_task", "local_checkpoint", "main", "make_predictor"]
 
@@ -98,10 +99,10 @@ def _body(ctx: JobContext) -> dict[str, str]:
         path.write_text(json.dumps(out["result"], indent=2))
         ctx.tracker.log_artifact(ctx.run_id, path, "eval")
     return {
-        "detrforge.eval_fingerprint": out["eval_fingerprint"],
-        "detrforge.eval_split": spec.split,
-        "detrforge.node_id": out["node_id"],
-        "detrforge.checkpoint": spec.checkpoint,
+        Tag.EVAL_FINGERPRINT: out["eval_fingerprint"],
+        Tag.EVAL_SPLIT: spec.split,
+        Tag.NODE_ID: out["node_id"],
+        Tag.CHECKPOINT: spec.checkpoint,
     }
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from detrforge.jobs.driver import JobContext, check_resources, run_driver
 from detrforge.platform.specs import FinetuneSpec
+from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 
 __all__ = ["build_trainer", "check_schedulable", "main", "train_loop_per_worker"]
@@ -116,9 +117,7 @@ def _publish_best_model(
 ) -> None:
     """Upload the best-by-validation-AP weights with their sha256, and log them to the run."""
     if not best.exists():
-        tracker.set_tags(
-            run_id, {"detrforge.model_missing": "no validation epoch produced a best model"}
-        )
+        tracker.set_tags(run_id, {Tag.MODEL_MISSING: "no validation epoch produced a best model"})
         return
     stored = store.put_file(best, f"jobs/{job_id}/model/{BEST_MODEL_FILE}")
     tracker.log_artifact(run_id, best, "model")
@@ -130,9 +129,9 @@ def _publish_best_model(
     tracker.set_tags(
         run_id,
         {
-            "detrforge.model_uri": stored.uri,
+            Tag.MODEL_URI: stored.uri,
             "detrforge.model_sha256": stored.sha256,
-            "detrforge.model_size_bytes": str(stored.size),
+            Tag.MODEL_SIZE_BYTES: str(stored.size),
         },
     )
 
@@ -212,7 +211,7 @@ def _run(ctx: JobContext) -> dict[str, str]:
     finally:
         # Local scratch only; checkpoints and the model already live in the artifact store.
         shutil.rmtree(workdir, ignore_errors=True)
-    return {"detrforge.wall_s": f"{time.monotonic() - started:.1f}"}
+    return {Tag.WALL_S: f"{time.monotonic() - started:.1f}"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 from detrforge.jobs.driver import JobContext, check_resources, run_driver
 from detrforge.platform.pareto import Point, best_by_ap, pareto_front, sla_pick
 from detrforge.platform.specs import BenchmarkSpec, SweepSpec
+from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 
 __all__ = ["SweepTrials", "TrialRecord", "build_tuner", "main", "param_space", "plot_front"]
@@ -163,7 +164,7 @@ class SweepTrials:
         if rec.mlflow_run_id:
             self.tracker.set_tags(
                 rec.mlflow_run_id,
-                {"detrforge.trial_state": rec.state, "detrforge.trial_epochs": str(rec.epochs)},
+                {Tag.TRIAL_STATE: rec.state, Tag.TRIAL_EPOCHS: str(rec.epochs)},
             )
             self.tracker.end_run(rec.mlflow_run_id, "FINISHED")
         self._start_benchmark(rec)
@@ -175,7 +176,7 @@ class SweepTrials:
         if rec.mlflow_run_id:
             self.tracker.set_tags(
                 rec.mlflow_run_id,
-                {"detrforge.trial_state": "ERROR", "detrforge.error": rec.error[:5000]},
+                {Tag.TRIAL_STATE: "ERROR", Tag.ERROR: rec.error[:5000]},
             )
             self.tracker.end_run(rec.mlflow_run_id, "FAILED")
 
@@ -219,7 +220,7 @@ class SweepTrials:
                 rec.benchmark_error = f"{type(exc).__name__}: {exc}"[:2000]
                 if rec.mlflow_run_id:
                     self.tracker.set_tags(
-                        rec.mlflow_run_id, {"detrforge.benchmark_error": rec.benchmark_error}
+                        rec.mlflow_run_id, {Tag.BENCHMARK_ERROR: rec.benchmark_error}
                     )
                 continue
             e2e = out["end_to_end"]
@@ -482,14 +483,14 @@ def _run(ctx: JobContext) -> dict[str, str]:
     if result["best"] is not None:
         metrics["best/bbox/AP"] = result["best"]["ap"]
         metrics["best/latency_ms/p95"] = result["best"]["p95_ms"]
-    tags = {"detrforge.wall_s": str(result["wall_s"])}
+    tags = {Tag.WALL_S: str(result["wall_s"])}
     pick = result["pick"]["pick"]
     if pick is not None:
         metrics["pick/bbox/AP"] = pick["ap"]
         metrics["pick/latency_ms/p95"] = pick["p95_ms"]
-        tags["detrforge.sweep_pick"] = pick["key"]
+        tags[Tag.SWEEP_PICK] = pick["key"]
     if result["best"] is not None:
-        tags["detrforge.sweep_best"] = result["best"]["key"]
+        tags[Tag.SWEEP_BEST] = result["best"]["key"]
     ctx.tracker.log_metrics(ctx.run_id, metrics, step=0)
     if not any(t["point"] for t in result["trials"]):
         raise RuntimeError(

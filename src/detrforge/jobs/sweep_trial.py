@@ -24,13 +24,12 @@ from typing import Any
 import pytorch_lightning as pl
 
 from detrforge.platform.specs import FinetuneSpec, SweepSpec
+from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 
 __all__ = [
     "SCORE",
-    "SWEEP_TAG",
     "TRIAL_CHECKPOINT",
-    "TRIAL_TAG",
     "TrialCallback",
     "find_trial_run",
     "objective",
@@ -38,8 +37,6 @@ __all__ = [
 ]
 
 SCORE = "sweep/score"
-SWEEP_TAG = "detrforge.sweep_job_id"
-TRIAL_TAG = "detrforge.trial_id"
 TRIAL_CHECKPOINT = "checkpoint_best.pth"
 _AP_DECIMALS = 4
 _TIEBREAK = 1e-5
@@ -57,7 +54,9 @@ def find_trial_run(tracker: Tracker, job_id: str, trial_id: str) -> str | None:
     """The nested MLflow run of one trial of sweep ``job_id``, if it exists."""
     runs = tracker.client.search_runs(
         [tracker.experiment_id()],
-        filter_string=f"tags.`{SWEEP_TAG}` = '{job_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        filter_string=(
+            f"tags.`{Tag.SWEEP_JOB_ID}` = '{job_id}' and tags.`{Tag.TRIAL_ID}` = '{trial_id}'"
+        ),
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
@@ -81,13 +80,13 @@ def _start_trial_run(
         run_name=f"trial-{trial_id}",
         tags={
             "mlflow.parentRunId": parent_run_id,
-            SWEEP_TAG: job_id,
-            TRIAL_TAG: trial_id,
-            "detrforge.kind": "sweep-trial",
-            "detrforge.trial_state": "RUNNING",
-            "detrforge.model_size": spec.model_size,
-            "detrforge.resolution": str(spec.res),
-            "detrforge.searched": json.dumps(params, sort_keys=True),
+            Tag.SWEEP_JOB_ID: job_id,
+            Tag.TRIAL_ID: trial_id,
+            Tag.KIND: "sweep-trial",
+            Tag.TRIAL_STATE: "RUNNING",
+            Tag.MODEL_SIZE: spec.model_size,
+            Tag.RESOLUTION: str(spec.res),
+            Tag.SEARCHED: json.dumps(params, sort_keys=True),
         },
     )
     run_id = str(run.info.run_id)
@@ -194,9 +193,9 @@ class TrialCallback(pl.Callback):
         self.tracker.set_tags(
             self.run_id,
             {
-                "detrforge.checkpoint_uri": stored.uri,
+                Tag.CHECKPOINT_URI: stored.uri,
                 "detrforge.checkpoint_sha256": stored.sha256,
-                "detrforge.checkpoint_epoch": str(epoch),
+                Tag.CHECKPOINT_EPOCH: str(epoch),
             },
         )
 

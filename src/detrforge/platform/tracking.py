@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EXPERIMENT", "JOB_TAG", "RunSummary", "Tracker", "flatten_params"]
+from detrforge.platform.tags import Tag
+
+__all__ = ["EXPERIMENT", "RunSummary", "Tracker", "flatten_params"]
 
 EXPERIMENT = "detrforge"
-JOB_TAG = "detrforge.job_id"
 
 
 def flatten_params(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -63,7 +64,7 @@ class Tracker:
     def find_job_run(self, job_id: str) -> str | None:
         """The run id tagged with ``job_id``, if one exists."""
         runs = self.client.search_runs(
-            [self.experiment_id()], filter_string=f"tags.`{JOB_TAG}` = '{job_id}'", max_results=1
+            [self.experiment_id()], filter_string=f"tags.`{Tag.JOB_ID}` = '{job_id}'", max_results=1
         )
         return runs[0].info.run_id if runs else None
 
@@ -75,7 +76,7 @@ class Tracker:
         if existing is not None:
             return existing
         run = self.client.create_run(
-            self.experiment_id(), run_name=run_name, tags={JOB_TAG: job_id, **tags}
+            self.experiment_id(), run_name=run_name, tags={Tag.JOB_ID: job_id, **tags}
         )
         run_id = str(run.info.run_id)
         self.log_params(run_id, params)

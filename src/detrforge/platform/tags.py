@@ -1,0 +1,41 @@
+"""The MLflow tags detrforge writes on runs and model versions: one name, one place.
+
+Jobs write them, the control API reads them back when it reconciles a job with its run.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Tag"]
+
+
+class Tag:
+    """Tag keys (all under ``detrforge.``)."""
+
+    BENCHMARK_ERROR = "detrforge.benchmark_error"
+    CHECKPOINT = "detrforge.checkpoint"
+    CHECKPOINT_EPOCH = "detrforge.checkpoint_epoch"
+    CHECKPOINT_URI = "detrforge.checkpoint_uri"
+    DATASET_FINGERPRINT = "detrforge.dataset_fingerprint"
+    ERROR = "detrforge.error"
+    EVAL_FINGERPRINT = "detrforge.eval_fingerprint"
+    EVAL_SPLIT = "detrforge.eval_split"
+    JOB_ID = "detrforge.job_id"
+    KIND = "detrforge.kind"
+    MODEL_MISSING = "detrforge.model_missing"
+    MODEL_SIZE = "detrforge.model_size"
+    MODEL_SIZE_BYTES = "detrforge.model_size_bytes"
+    MODEL_URI = "detrforge.model_uri"
+    NODE_ID = "detrforge.node_id"
+    ONNX_URI = "detrforge.onnx_uri"
+    RAY_JOB_ID = "detrforge.ray_job_id"
+    RESOLUTION = "detrforge.resolution"
+    SEARCHED = "detrforge.searched"
+    SWEEP_BEST = "detrforge.sweep_best"
+    SWEEP_JOB_ID = "detrforge.sweep_job_id"
+    SWEEP_PICK = "detrforge.sweep_pick"
+    TARGET = "detrforge.target"
+    TRIAL_EPOCHS = "detrforge.trial_epochs"
+    TRIAL_ID = "detrforge.trial_id"
+    TRIAL_STATE = "detrforge.trial_state"
+    VERSION = "detrforge.version"
+    WALL_S = "detrforge.wall_s"
