@@ -156,3 +156,18 @@ def test_an_existing_database_file_keeps_its_mode(tmp_path: Path) -> None:
     path.chmod(0o640)
     make_engine(f"sqlite:///{path}").dispose()
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_the_embedded_mlflow_store_is_private(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from detrforge.platform.tracking import Tracker
+
+    old = os.umask(0o022)
+    try:
+        tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        tracker.experiment_id()  # MLflow creates its tables in the file
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "mlflow.db").stat().st_mode) == 0o600

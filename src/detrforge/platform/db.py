@@ -28,6 +28,7 @@ __all__ = [
     "make_engine",
     "make_session_factory",
     "normalize_url",
+    "private_sqlite_file",
     "upgrade_database",
     "utcnow",
 ]
@@ -141,6 +142,13 @@ def _create_private_file(database: str | None) -> None:
     except FileExistsError:  # created by another process since the check: theirs to keep
         return
     os.close(fd)
+
+
+def private_sqlite_file(url: str) -> None:
+    """Create the file of a new SQLite database at ``url`` with mode 0600 (no-op otherwise)."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        _create_private_file(parsed.database)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -43,6 +43,12 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
+        if tracking_uri.startswith("sqlite:"):
+            # The embedded MLflow store holds params and tags of every run: owner-only, like
+            # the registry database (MLflow would create it world-readable).
+            from detrforge.platform.db import private_sqlite_file
+
+            private_sqlite_file(tracking_uri)
         self.artifact_root = artifact_root
         self.client = MlflowClient(tracking_uri=tracking_uri)
 
