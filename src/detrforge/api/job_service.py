@@ -291,14 +291,10 @@ class JobService:
 
     def _record_benchmark(self, job: Job, run_id: str | None) -> None:
         """Append the benchmark's result to the history (idempotent per job)."""
-        import json
-        import tempfile
 
         if run_id is None or self.benchmarks is None:
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            local = self.tracker.client.download_artifacts(run_id, "benchmark/record.json", tmp)
-            out = json.loads(Path(local).read_text())
+        out = self.tracker.read_json_artifact(run_id, "benchmark/record.json")
         spec = BenchmarkSpec.model_validate(job.spec)
         self.benchmarks.add(
             {
@@ -379,19 +375,15 @@ class JobService:
 
     def evaluation_result(self, job_id: str) -> dict[str, Any]:
         """The finished evaluation's stats and per-class table (from its MLflow run)."""
-        import json
-        import tempfile
 
         job = self.reconcile(job_id)
         if job.kind != "evaluate":
             raise NotFoundError(f"job {job_id} is not an evaluation")
         if job.state != JobState.SUCCEEDED or not job.mlflow_run_id:
             raise ConflictError(f"evaluation {job_id} is {job.state.value}; its result comes later")
-        with tempfile.TemporaryDirectory() as tmp:
-            local = self.tracker.client.download_artifacts(
-                job.mlflow_run_id, "eval/per_class.json", tmp
-            )
-            result: dict[str, Any] = json.loads(Path(local).read_text())
+        result: dict[str, Any] = self.tracker.read_json_artifact(
+            job.mlflow_run_id, "eval/per_class.json"
+        )
         result["eval_fingerprint"] = self.tracker.summary(job.mlflow_run_id).tags.get(
             Tag.EVAL_FINGERPRINT
         )

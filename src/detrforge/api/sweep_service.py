@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from detrforge.api.job_service import JobService, measured_fields
@@ -197,11 +195,7 @@ class SweepService:
         for trial in self.trials(job):
             if trial["p95_ms"] is None:
                 continue
-            with tempfile.TemporaryDirectory() as tmp:
-                local = tracker.client.download_artifacts(
-                    trial["mlflow_run_id"], "benchmark/record.json", tmp
-                )
-                out = json.loads(Path(local).read_text())
+            out = tracker.read_json_artifact(trial["mlflow_run_id"], "benchmark/record.json")
             self.jobs.benchmarks.add(
                 {
                     "job_id": trial_record_job_id(job.id, str(trial["trial_id"])),
@@ -234,9 +228,7 @@ class SweepService:
 
     def _artifact(self, job: Job, path: str) -> bytes:
         assert job.mlflow_run_id is not None
-        with tempfile.TemporaryDirectory() as tmp:
-            local = self.jobs.tracker.client.download_artifacts(job.mlflow_run_id, path, tmp)
-            return Path(local).read_bytes()
+        return self.jobs.tracker.read_artifact(job.mlflow_run_id, path)
 
 
 def _int(value: str | None) -> int | None:

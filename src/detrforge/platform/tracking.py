@@ -135,5 +135,18 @@ class Tracker:
         """``(step, value)`` pairs of one metric, in logging order."""
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
 
+    def read_artifact(self, run_id: str, path: str) -> bytes:
+        """The bytes of one artifact of a run (downloaded to a temporary folder, then removed)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="detrforge-artifact-") as tmp:
+            return Path(self.client.download_artifacts(run_id, path, tmp)).read_bytes()
+
+    def read_json_artifact(self, run_id: str, path: str) -> Any:
+        """One JSON artifact of a run, parsed."""
+        import json
+
+        return json.loads(self.read_artifact(run_id, path))
+
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
         return [a.path for a in self.client.list_artifacts(run_id, path)]
