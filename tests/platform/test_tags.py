@@ -8,7 +8,7 @@ from pathlib import Path
 from detrforge.platform.tags import Tag
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "detrforge"
-_LITERAL = re.compile(r"[\"']detrforge\.([a-z_]+)[\"']")
+_LITERAL = re.compile(r"[\"']detrforge\.([a-z0-9_]+)[\"']")
 _MODULES = {"api", "cli", "control", "jobs", "platform", "registry"}
 
 

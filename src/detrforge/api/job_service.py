@@ -65,7 +65,7 @@ _PROGRESS_KEYS = {
 class JobService:
     """Owns the life of fine-tune jobs; every collaborator is passed in explicitly."""
 
-    jobs: JobStore
+    job_store: JobStore
     launcher: Launcher
     tracker: Tracker
     artifact_root: str
@@ -135,7 +135,7 @@ class JobService:
         self, kind: str, spec: Any, *, principal: Principal, fingerprint: str | None
     ) -> Job:
         """Record the job, then submit it; a refused submission fails the job, loses nothing."""
-        job = self.jobs.create(
+        job = self.job_store.create(
             kind=kind,
             spec=spec.model_dump(mode="json"),
             created_by=principal.principal,
@@ -149,7 +149,7 @@ class JobService:
             )
         except ClusterError as exc:
             # Kept for the record, but never mistakable for a run that started and failed.
-            self.jobs.update(
+            self.job_store.update(
                 job.id,
                 state=JobState.FAILED,
                 error=f"never started: the Ray cluster was unreachable or refused the job "
@@ -157,7 +157,7 @@ class JobService:
                 finished_at=_now(),
             )
             raise
-        return self.jobs.update(job.id, ray_submission_id=submission_id)
+        return self.job_store.update(job.id, ray_submission_id=submission_id)
 
     # -- evaluate + benchmark -------------------------------------------------------------------
     def _checkpoint_fields(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +171,7 @@ class JobService:
                 # A registered version's bytes: the job re-verifies them against their name.
                 body.setdefault("checkpoint_sha256", registered)
             return body
-        job = self.jobs.get(str(job_id))
+        job = self.job_store.get(str(job_id))
         if job.kind != "finetune" or job.state != JobState.SUCCEEDED or not job.model_uri:
             raise InvalidSpecError(
                 f"job {job_id} is a {job.state.value} {job.kind} job without a model; give a "
@@ -238,10 +238,10 @@ class JobService:
     # -- cancel ---------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> Job:
         """Ask Ray to stop the job; the reconciler records CANCELLED once Ray reports STOPPED."""
-        job = self.jobs.get(job_id)
+        job = self.job_store.get(job_id)
         if job.is_terminal:
             return job
-        job = self.jobs.update(job_id, state=JobState.CANCELLING)
+        job = self.job_store.update(job_id, state=JobState.CANCELLING)
         if job.ray_submission_id:
             self.launcher.stop(job.ray_submission_id)
         return self.reconcile(job_id)
@@ -249,13 +249,13 @@ class JobService:
     # -- reconcile ------------------------------------------------------------------------------
     def reconcile(self, job_id: str) -> Job:
         """Bring one job's row up to date with Ray and MLflow; terminal jobs are left alone."""
-        job = self.jobs.get(job_id)
+        job = self.job_store.get(job_id)
         if job.is_terminal or not job.ray_submission_id:
             return job
         try:
             ray_status = self.launcher.status(job.ray_submission_id)
         except NotFoundError:
-            return self.jobs.update(
+            return self.job_store.update(
                 job_id,
                 state=JobState.FAILED,
                 error="the Ray cluster has no record of this job (was the cluster restarted?)",
@@ -287,7 +287,7 @@ class JobService:
                 "cluster could not place the workers (resources_per_worker, use_gpu) or is busy"
             )
             fields["finished_at"] = _now()
-        return self.jobs.update(job_id, state=state, **fields)
+        return self.job_store.update(job_id, state=state, **fields)
 
     def _record_benchmark(self, job: Job, run_id: str | None) -> None:
         """Append the benchmark's result to the history (idempotent per job)."""
@@ -321,7 +321,7 @@ class JobService:
 
     def reconcile_all(self) -> int:
         """Reconcile every non-terminal job; returns how many were looked at."""
-        jobs = self.jobs.list_nonterminal()
+        jobs = self.job_store.list_nonterminal()
         for job in jobs:
             try:
                 self.reconcile(job.id)
@@ -347,7 +347,7 @@ class JobService:
         fields: dict[str, Any] = {"mlflow_run_id": run_id, "progress": progress, "metrics": metrics}
         if Tag.MODEL_URI in summary.tags:
             fields["model_uri"] = summary.tags[Tag.MODEL_URI]
-            fields["checkpoint_sha256"] = summary.tags.get("detrforge.model_sha256")
+            fields["checkpoint_sha256"] = summary.tags.get(Tag.MODEL_SHA256)
         checkpoints = self.checkpoints(job.id)
         if checkpoints:
             fields["checkpoint_uri"] = checkpoints[-1]
@@ -391,7 +391,7 @@ class JobService:
 
     # -- logs -----------------------------------------------------------------------------------
     def logs(self, job_id: str, *, tail: int | None = None) -> str:
-        job = self.jobs.get(job_id)
+        job = self.job_store.get(job_id)
         if not job.ray_submission_id:
             return ""
         text = self.launcher.logs(job.ray_submission_id)
@@ -400,7 +400,7 @@ class JobService:
         return text
 
     async def follow_logs(self, job_id: str) -> AsyncIterator[str]:
-        job = self.jobs.get(job_id)
+        job = self.job_store.get(job_id)
         if not job.ray_submission_id:
             return
         async for chunk in self.launcher.follow_logs(job.ray_submission_id):

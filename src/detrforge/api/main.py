@@ -86,7 +86,7 @@ def build_services(settings: Settings) -> Services:
         artifact_root=artifact_root,
     )
     jobs = JobService(
-        jobs=JobStore(sessions),
+        job_store=JobStore(sessions),
         targets=targets,
         benchmarks=benchmarks,
         launcher=launcher,

@@ -35,7 +35,7 @@ JobPage = Annotated[JobPageParams, Depends(_params)]
 
 def jobs_page(services: Services, kind: str, page: JobPageParams) -> JobsPublic:
     """Jobs of ``kind``, newest first, as one page with the total."""
-    jobs, total = services.jobs.jobs.list(
+    jobs, total = services.jobs.job_store.list(
         state=page.state, kind=kind, limit=page.limit, offset=page.offset
     )
     return JobsPublic(

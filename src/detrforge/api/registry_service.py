@@ -244,7 +244,7 @@ class RegistryService:
             )
         description = str(body.get("description") or "")
         if body.get("job_id"):
-            job = self.jobs.jobs.get(str(body["job_id"]))
+            job = self.jobs.job_store.get(str(body["job_id"]))
             if job.kind != "finetune" or job.state != JobState.SUCCEEDED or not job.model_uri:
                 raise InvalidSpecError(
                     f"job {job.id} is a {job.state.value} {job.kind} job without a model; give a "
@@ -543,7 +543,7 @@ class RegistryService:
         """Every SUCCEEDED job of ``kind``, newest first, a page at a time."""
         offset = 0
         while True:
-            page, total = self.jobs.jobs.list(
+            page, total = self.jobs.job_store.list(
                 kind=kind, state=JobState.SUCCEEDED, limit=MAX_PAGE_SIZE, offset=offset
             )
             yield from page
@@ -674,7 +674,7 @@ class RegistryService:
                             run_id=version.mlflow_run_id,
                             tags={
                                 Tag.VERSION: str(version.version),
-                                "detrforge.checkpoint_sha256": version.checkpoint_sha256,
+                                Tag.CHECKPOINT_SHA256: version.checkpoint_sha256,
                             },
                             description=version.description or None,
                         )

@@ -125,7 +125,7 @@ class SweepService:
                     "p95_ms": metrics.get("latency_ms/p95"),
                     "p50_ms": metrics.get("latency_ms/p50"),
                     "checkpoint_uri": tags.get(Tag.CHECKPOINT_URI),
-                    "checkpoint_sha256": tags.get("detrforge.checkpoint_sha256"),
+                    "checkpoint_sha256": tags.get(Tag.CHECKPOINT_SHA256),
                     "mlflow_run_id": run.info.run_id,
                     "error": tags.get(Tag.ERROR) or tags.get(Tag.BENCHMARK_ERROR),
                 }
@@ -144,7 +144,7 @@ class SweepService:
 
     def cancel(self, job_id: str) -> Job:
         """Stop the sweep: Ray ends the driver, and with it every trial and benchmark task."""
-        job = self.jobs.jobs.get(job_id)
+        job = self.jobs.job_store.get(job_id)
         if job.kind != "sweep":
             raise NotFoundError(f"job {job_id} is a {job.kind} job, not a sweep")
         return self.jobs.cancel(job_id)

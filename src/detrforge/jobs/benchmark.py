@@ -153,7 +153,7 @@ def log_benchmark_result(
     tags[Tag.TARGET] = target
     if out["export"]:
         tags[Tag.ONNX_URI] = out["export"]["uri"]
-        tags["detrforge.onnx_sha256"] = out["export"]["sha256"]
+        tags[Tag.ONNX_SHA256] = out["export"]["sha256"]
     return tags
 
 

@@ -130,7 +130,7 @@ def _publish_best_model(
         run_id,
         {
             Tag.MODEL_URI: stored.uri,
-            "detrforge.model_sha256": stored.sha256,
+            Tag.MODEL_SHA256: stored.sha256,
             Tag.MODEL_SIZE_BYTES: str(stored.size),
         },
     )

@@ -194,7 +194,7 @@ class TrialCallback(pl.Callback):
             self.run_id,
             {
                 Tag.CHECKPOINT_URI: stored.uri,
-                "detrforge.checkpoint_sha256": stored.sha256,
+                Tag.CHECKPOINT_SHA256: stored.sha256,
                 Tag.CHECKPOINT_EPOCH: str(epoch),
             },
         )

@@ -54,7 +54,7 @@ def finetune_job_logs(
 ) -> PlainTextResponse | StreamingResponse:
     """The job's driver and worker logs; ``follow=true`` streams them until the job ends."""
     if follow:
-        services.jobs.jobs.get(job_id)
+        services.jobs.job_store.get(job_id)
         return StreamingResponse(services.jobs.follow_logs(job_id), media_type="text/plain")
     return PlainTextResponse(services.jobs.logs(job_id, tail=tail))
 
