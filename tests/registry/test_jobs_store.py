@@ -140,14 +140,14 @@ def test_update_records_fields(job_store: JobStore) -> None:
         state=JobState.SUCCEEDED,
         metrics={"bbox/AP": 0.5045806987249628},
         checkpoint_uri="s3://bucket/ft/checkpoint.pth",
-        checkpoint_sha256="ab" * 32,
+        model_sha256="ab" * 32,
         model_uri="runs:/0123456789abcdef/model",
         finished_at=datetime(2024, 3, 1, 9, 30, tzinfo=UTC),
     )
     assert job.state is JobState.SUCCEEDED
     assert job.metrics == {"bbox/AP": 0.5045806987249628}
     assert job.checkpoint_uri == "s3://bucket/ft/checkpoint.pth"
-    assert job.checkpoint_sha256 == "ab" * 32
+    assert job.model_sha256 == "ab" * 32
     assert job.model_uri == "runs:/0123456789abcdef/model"
     assert job.finished_at == datetime(2024, 3, 1, 9, 30, tzinfo=UTC)
 

@@ -179,7 +179,7 @@ class JobService:
                 field="job_id",
             )
         body.setdefault("checkpoint", job.model_uri)
-        body.setdefault("checkpoint_sha256", job.checkpoint_sha256)
+        body.setdefault("checkpoint_sha256", job.model_sha256)
         body.setdefault("model_size", job.spec.get("model_size", "nano"))
         body.setdefault("resolution", job.spec.get("resolution"))
         return body
@@ -347,7 +347,7 @@ class JobService:
         fields: dict[str, Any] = {"mlflow_run_id": run_id, "progress": progress, "metrics": metrics}
         if Tag.MODEL_URI in summary.tags:
             fields["model_uri"] = summary.tags[Tag.MODEL_URI]
-            fields["checkpoint_sha256"] = summary.tags.get(Tag.MODEL_SHA256)
+            fields["model_sha256"] = summary.tags.get(Tag.MODEL_SHA256)
         checkpoints = self.checkpoints(job.id)
         if checkpoints:
             fields["checkpoint_uri"] = checkpoints[-1]

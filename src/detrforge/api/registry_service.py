@@ -253,7 +253,7 @@ class RegistryService:
                 )
             return {
                 "checkpoint_uri": job.model_uri,
-                "expected_sha256": job.checkpoint_sha256,
+                "expected_sha256": job.model_sha256,
                 "model_size": job.spec.get("model_size", "nano"),
                 "resolution": int(job.spec["resolution"]),
                 "class_names": list(body.get("class_names") or []),

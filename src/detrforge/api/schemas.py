@@ -66,7 +66,7 @@ class JobPublic(BaseModel):
             metrics=job.metrics,
             checkpoint_uri=job.checkpoint_uri,
             model_uri=job.model_uri,
-            model_sha256=job.checkpoint_sha256,
+            model_sha256=job.model_sha256,
         )
 
 

@@ -75,7 +75,8 @@ class SqlJob(Base):
     progress: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
     checkpoint_uri: Mapped[str | None] = mapped_column(Text)
-    checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
+    # The sha256 of model_uri (the column keeps its first name).
+    model_sha256: Mapped[str | None] = mapped_column("checkpoint_sha256", String(64))
     model_uri: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -96,7 +97,7 @@ class SqlJob(Base):
             progress=dict(self.progress or {}),
             metrics=dict(self.metrics or {}),
             checkpoint_uri=self.checkpoint_uri,
-            checkpoint_sha256=self.checkpoint_sha256,
+            model_sha256=self.model_sha256,
             model_uri=self.model_uri,
             # UtcDateTime already yields aware UTC values on every backend.
             created_at=self.created_at,

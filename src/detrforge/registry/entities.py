@@ -110,8 +110,8 @@ class Job:
     progress: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     checkpoint_uri: str | None = None
-    checkpoint_sha256: str | None = None
     model_uri: str | None = None
+    model_sha256: str | None = None  # of model_uri
     started_at: datetime | None = None
     finished_at: datetime | None = None
 

@@ -33,7 +33,7 @@ UPDATABLE_FIELDS = frozenset(
         "progress",
         "metrics",
         "checkpoint_uri",
-        "checkpoint_sha256",
+        "model_sha256",
         "model_uri",
         "started_at",
         "finished_at",
