@@ -183,7 +183,7 @@ def test_sweep_asha_pareto_and_benchmark_history(
         assert row["e2e_p95_ms"] == pytest.approx(trial["p95_ms"])
         assert row["resolution"] == trial["resolution"]
     services = cluster_api.client.app.state.services  # type: ignore[attr-defined]
-    services.sweeps._record_benchmarks(services.jobs.job_store.get(job_id), job["mlflow_run_id"])
+    services.sweeps.record_benchmarks(services.jobs.job_store.get(job_id), job["mlflow_run_id"])
     assert len(records()) == len(rows)
 
     # What the registry needs to register the picked trial as a model version.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
@@ -42,11 +42,7 @@ class Services:
     benchmarks: BenchmarkStore
     models: RegistryService
     readiness: Readiness
-    # Built from ``jobs``, so every constructor of Services gets it.
-    sweeps: SweepService = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.sweeps = SweepService(self.jobs)
+    sweeps: SweepService
 
 
 async def get_services(request: Request) -> Services:

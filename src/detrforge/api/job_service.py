@@ -30,8 +30,10 @@ from detrforge.platform.specs import BenchmarkSpec, EvaluateSpec, FinetuneSpec, 
 from detrforge.platform.storage import blob_sha256, fetch_local, open_store
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
+from detrforge.registry.benchmarks import BenchmarkStore
 from detrforge.registry.entities import Job, JobState, Principal
 from detrforge.registry.jobs import JobStore
+from detrforge.registry.targets import TargetStore
 
 __all__ = ["FINETUNE_MODULE", "JobService", "measured_fields"]
 
@@ -72,13 +74,20 @@ class JobService:
     cache_dir: Path
     # Which paths and URIs callers may name (datasets, checkpoints, weights).
     sources: SourcePolicy
+    targets: TargetStore
+    benchmarks: BenchmarkStore
     schedule_timeout_s: float = 600.0
     max_annotation_bytes: int = DEFAULT_MAX_ANNOTATION_BYTES
-    targets: Any = None  # registry.targets.TargetStore
-    benchmarks: Any = None  # registry.benchmarks.BenchmarkStore
     # kind -> called once a job of that kind SUCCEEDS, before the row turns terminal (so a
-    # failing hook is retried on the next reconcile); must be idempotent.
+    # failing hook is retried on the next reconcile); must be idempotent. See on_succeeded.
     succeeded_hooks: dict[str, Callable[[Job, str | None], None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.on_succeeded("benchmark", self.record_benchmark)
+
+    def on_succeeded(self, kind: str, hook: Callable[[Job, str | None], None]) -> None:
+        """Call ``hook(job, mlflow_run_id)`` when a job of ``kind`` succeeds (idempotent hooks)."""
+        self.succeeded_hooks[kind] = hook
 
     # -- intake + submit ----------------------------------------------------------------------
     def intake_dataset(self, uri: str, *, field: str = "dataset") -> DatasetInfo:
@@ -117,7 +126,7 @@ class JobService:
             self.require_file(spec.pretrain_weights, field="pretrain_weights")
         self._check_capacity(spec)
         info = self.intake_dataset(spec.dataset)
-        return self._submit("finetune", spec, principal=principal, fingerprint=info.fingerprint)
+        return self.submit("finetune", spec, principal=principal, fingerprint=info.fingerprint)
 
     def _check_capacity(self, spec: FinetuneSpec) -> None:
         """Refuse a fine-tune whose workers cannot all be placed on the cluster now."""
@@ -131,9 +140,7 @@ class JobService:
             return
         require_capacity(nodes, per_worker, spec.num_workers)
 
-    def _submit(
-        self, kind: str, spec: Any, *, principal: Principal, fingerprint: str | None
-    ) -> Job:
+    def submit(self, kind: str, spec: Any, *, principal: Principal, fingerprint: str | None) -> Job:
         """Record the job, then submit it; a refused submission fails the job, loses nothing."""
         job = self.job_store.create(
             kind=kind,
@@ -191,7 +198,7 @@ class JobService:
         spec: EvaluateSpec = parse_spec(EvaluateSpec, self._checkpoint_fields(body))
         self._check_checkpoint(spec.checkpoint, spec.checkpoint_sha256)
         info = self.intake_dataset(spec.dataset)
-        return self._submit("evaluate", spec, principal=principal, fingerprint=info.fingerprint)
+        return self.submit("evaluate", spec, principal=principal, fingerprint=info.fingerprint)
 
     def submit_benchmark(self, body: Any, *, principal: Principal) -> Job:
         """Latency of a checkpoint on a named target; refused at once if no node has it."""
@@ -223,7 +230,7 @@ class JobService:
             field="target",
         )
         fingerprint = self.intake_dataset(spec.dataset).fingerprint if spec.dataset else None
-        return self._submit("benchmark", spec, principal=principal, fingerprint=fingerprint)
+        return self.submit("benchmark", spec, principal=principal, fingerprint=fingerprint)
 
     def _check_checkpoint(self, uri: str, sha256: str | None) -> None:
         self.require_file(uri, field="checkpoint")
@@ -275,9 +282,7 @@ class JobService:
         fields.pop("_run_error", None)
         if state.is_terminal:
             fields["finished_at"] = _now()
-        if state == JobState.SUCCEEDED and job.kind == "benchmark":
-            self._record_benchmark(job, fields.get("mlflow_run_id"))
-        elif state == JobState.SUCCEEDED and job.kind in self.succeeded_hooks:
+        if state == JobState.SUCCEEDED and job.kind in self.succeeded_hooks:
             self.succeeded_hooks[job.kind](job, fields.get("mlflow_run_id"))
         elif state == JobState.RUNNING and self._unschedulable(job, fields):
             self.launcher.stop(job.ray_submission_id)
@@ -289,10 +294,10 @@ class JobService:
             fields["finished_at"] = _now()
         return self.job_store.update(job_id, state=state, **fields)
 
-    def _record_benchmark(self, job: Job, run_id: str | None) -> None:
+    def record_benchmark(self, job: Job, run_id: str | None) -> None:
         """Append the benchmark's result to the history (idempotent per job)."""
 
-        if run_id is None or self.benchmarks is None:
+        if run_id is None:
             return
         out = self.tracker.read_json_artifact(run_id, "benchmark/record.json")
         spec = BenchmarkSpec.model_validate(job.spec)

@@ -25,6 +25,7 @@ from detrforge.api.routes import evaluations, finetune, health, keys
 from detrforge.api.routes import models as model_routes
 from detrforge.api.routes import sweeps as sweep_routes
 from detrforge.api.routes import targets as target_routes
+from detrforge.api.sweep_service import SweepService
 from detrforge.platform.cluster import ray_client_env
 from detrforge.platform.db import make_engine, make_session_factory, upgrade_database
 from detrforge.platform.launcher import Launcher
@@ -108,6 +109,9 @@ def build_services(settings: Settings) -> Services:
         checkpoint_load_timeout_s=settings.checkpoint_load_timeout_s,
         failpoints=frozenset(f for f in settings.failpoints.split(",") if f),
     )
+    sweeps = SweepService(jobs)
+    # A sweep's trials are benchmarked inside it; their records join the history when it ends.
+    jobs.on_succeeded("sweep", sweeps.record_benchmarks)
     return Services(
         settings=settings,
         keys=KeyStore(sessions),
@@ -118,6 +122,7 @@ def build_services(settings: Settings) -> Services:
         readiness=Readiness(
             engine=engine, launcher=launcher, tracker=tracker, artifact_root=artifact_root
         ),
+        sweeps=sweeps,
     )
 
 

@@ -45,9 +45,6 @@ class SweepService:
 
     jobs: JobService
 
-    def __post_init__(self) -> None:
-        self.jobs.succeeded_hooks["sweep"] = self._record_benchmarks
-
     # -- submit ---------------------------------------------------------------------------
     def submit(self, body: Any, *, principal: ApiKey) -> Job:
         """Validate the sweep, its dataset and target (placeable), then submit it as one job."""
@@ -87,7 +84,7 @@ class SweepService:
             field="target",
         )
         info = self.jobs.intake_dataset(spec.dataset)
-        return self.jobs._submit("sweep", spec, principal=principal, fingerprint=info.fingerprint)
+        return self.jobs.submit("sweep", spec, principal=principal, fingerprint=info.fingerprint)
 
     # -- read -----------------------------------------------------------------------------
     def get(self, job_id: str) -> Job:
@@ -186,7 +183,7 @@ class SweepService:
         }
 
     # -- reconcile hook -------------------------------------------------------------------
-    def _record_benchmarks(self, job: Job, run_id: str | None) -> None:
+    def record_benchmarks(self, job: Job, run_id: str | None) -> None:
         """Append each measured trial's record to the benchmark history (idempotent)."""
         if self.jobs.benchmarks is None:
             return

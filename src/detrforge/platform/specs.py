@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -24,6 +24,8 @@ __all__ = [
     "nearest_resolutions",
     "parse_spec",
 ]
+
+SpecT = TypeVar("SpecT", bound=BaseModel)
 
 ModelSize = Literal["nano", "small", "medium", "large"]
 
@@ -173,7 +175,7 @@ class _FieldError(ValueError):
         self.message = message
 
 
-def parse_spec(cls: type[BaseModel], data: Any) -> Any:
+def parse_spec(cls: type[SpecT], data: Any) -> SpecT:
     """Build ``cls`` from ``data``; raise ``InvalidSpecError`` naming the first bad field."""
     try:
         return cls.model_validate(data)
