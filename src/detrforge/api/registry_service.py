@@ -297,27 +297,20 @@ class RegistryService:
         self,
         name: str,
         version: int,
-        body: Any,
         *,
+        to: Stage,
+        reason: str,
         principal: ApiKey,
         request_id: str | None,
     ) -> Promotion:
         """Record the request (202 for the caller) and wake the promotion worker."""
-        if not isinstance(body, dict):
-            raise InvalidSpecError("the body must be a JSON object", field=None)
-        to = body.get("to", "production")
-        if to == Stage.production.value and not principal.role.allows(Role.approver):
+        if to == Stage.production and not principal.role.allows(Role.approver):
             raise PermissionDeniedError(
                 f"promoting to production needs the approver role or higher; key "
                 f"{principal.name!r} has {principal.role.value}"
             )
         promotion = self.registry.request_promotion(
-            name,
-            version,
-            to,
-            actor=principal.principal,
-            reason=str(body.get("reason") or ""),
-            request_id=request_id,
+            name, version, to.value, actor=principal.principal, reason=reason, request_id=request_id
         )
         self.wake.set()
         return promotion

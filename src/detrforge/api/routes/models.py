@@ -186,7 +186,7 @@ def request_promotion(
     """Ask to promote a version: 202 with the promotion id at once; the gates run in the
     background (staging needs operator, production needs approver)."""
     promotion = services.models.request_promotion(
-        name, version, body.model_dump(), principal=key, request_id=request_id
+        name, version, to=Stage(body.to), reason=body.reason, principal=key, request_id=request_id
     )
     return PromotionPublic.model_validate(promotion)
 
