@@ -218,3 +218,11 @@ def test_cli_wait_fails_unless_the_job_succeeded(cli_on: ApiHarness, synth_ds: D
     result = _run("finetune", "wait", job_id)
     assert result.exit_code == 1
     assert f"job {job_id} ended FAILED" in result.stderr
+
+
+def test_cli_set_options_parse_json_else_keep_the_string() -> None:
+    from detrforge.cli.client import apply_sets
+
+    spec: dict[str, Any] = {"epochs": 1}
+    apply_sets(spec, ["epochs=3", "use_ema=false", "lr=1e-4", "note=plain text", "x="])
+    assert spec == {"epochs": 3, "use_ema": False, "lr": 1e-4, "note": "plain text", "x": ""}

@@ -3,6 +3,7 @@ normalisation and the one wait loop (``follow``)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ import typer
 
 from detrforge.platform.settings import Settings
 
-__all__ = ["TERMINAL", "ApiClient", "absolute_uri", "fail", "follow"]
+__all__ = ["TERMINAL", "ApiClient", "absolute_uri", "apply_sets", "fail", "follow"]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -69,6 +70,16 @@ class ApiClient:
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.text
+
+
+def apply_sets(spec: dict[str, Any], items: list[str]) -> None:
+    """Apply ``--set field=value`` options to ``spec``: the value as JSON, else as a string."""
+    for item in items:
+        field, _, raw = item.partition("=")
+        try:
+            spec[field] = json.loads(raw)
+        except json.JSONDecodeError:
+            spec[field] = raw
 
 
 def absolute_uri(uri: str) -> str:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from detrforge.cli.client import TERMINAL, ApiClient, follow
+from detrforge.cli.client import TERMINAL, ApiClient, apply_sets, follow
 from detrforge.cli.client import absolute_uri as _absolute
 from detrforge.cli.client import fail as _fail
 from detrforge.platform.errors import DetrforgeError
@@ -125,12 +125,7 @@ def finetune_submit(
         "max_failures": max_failures,
     }
     spec.update({k: v for k, v in options.items() if v is not None})
-    for item in set_ or []:
-        field, _, raw = item.partition("=")
-        try:
-            spec[field] = json.loads(raw)
-        except json.JSONDecodeError:
-            spec[field] = raw
+    apply_sets(spec, set_ or [])
     if "dataset" in spec:
         spec["dataset"] = _absolute(str(spec["dataset"]))
     if spec.get("pretrain_weights"):

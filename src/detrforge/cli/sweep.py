@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from detrforge.cli.client import TERMINAL, ApiClient, follow
+from detrforge.cli.client import TERMINAL, ApiClient, apply_sets, follow
 from detrforge.platform.settings import Settings
 
 __all__ = ["install", "sweep_app"]
@@ -74,12 +74,7 @@ def sweep_submit(
     for key, value in (("dataset", dataset), ("target", target), ("latency_sla_ms", sla_ms)):
         if value is not None:
             spec[key] = value
-    for item in set_ or []:
-        field, _, raw = item.partition("=")
-        try:
-            spec[field] = json.loads(raw)
-        except json.JSONDecodeError:
-            spec[field] = raw
+    apply_sets(spec, set_ or [])
     if "dataset" in spec and "://" not in str(spec["dataset"]):
         spec["dataset"] = str(Path(spec["dataset"]).expanduser().resolve())
     client = _client()
