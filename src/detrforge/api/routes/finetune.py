@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from detrforge.api.deps import Operator, ServicesDep, Viewer
 from detrforge.api.errors import ERROR_RESPONSES
+from detrforge.api.media import LOG_TEXT
 from detrforge.api.pagination import JobPage, jobs_page
 from detrforge.api.params import LogTail
 from detrforge.api.schemas import JobPublic, JobsPublic
@@ -44,7 +45,8 @@ def get_finetune_job(job_id: str, services: ServicesDep, _: Viewer) -> JobPublic
     return JobPublic.of(services.jobs.reconcile(job_id))
 
 
-@router.get("/{job_id}/logs", response_model=None)
+# response_class=Response: with no media type of its own, the errors stay declared as JSON.
+@router.get("/{job_id}/logs", response_model=None, response_class=Response, responses=LOG_TEXT)
 def finetune_job_logs(
     job_id: str,
     services: ServicesDep,

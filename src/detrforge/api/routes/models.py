@@ -9,6 +9,7 @@ from fastapi.responses import PlainTextResponse
 
 from detrforge.api.deps import Approver, Operator, RequestId, ServicesDep, Viewer
 from detrforge.api.errors import ERROR_RESPONSES
+from detrforge.api.media import CSV_EXPORT
 from detrforge.api.params import PageLimit, PageOffset, QueryText, QueryTime, VersionNumber
 from detrforge.api.registry_schemas import (
     AuditEventPublic,
@@ -219,7 +220,7 @@ def rollback(
     return VersionPublic.model_validate(version)
 
 
-@router.get("/audit", response_model=None)
+@router.get("/audit", response_model=AuditEventsPublic, responses=CSV_EXPORT)
 def audit(
     services: ServicesDep,
     _: Viewer,
@@ -232,7 +233,7 @@ def audit(
     limit: PageLimit = 100,
     offset: PageOffset = 0,
     format: Literal["json", "csv"] = "json",  # noqa: A002
-) -> Any:
+) -> AuditEventsPublic | PlainTextResponse:
     """The audit log, oldest first: who, when, action, model, version, before, after, reason,
     request id. ``format=csv`` exports the page as CSV."""
     events, total = services.models.registry.audit(

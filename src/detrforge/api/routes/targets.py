@@ -9,6 +9,7 @@ from fastapi.responses import PlainTextResponse
 
 from detrforge.api.deps import Approver, ServicesDep, Viewer
 from detrforge.api.errors import ERROR_RESPONSES
+from detrforge.api.media import CSV_EXPORT
 from detrforge.api.params import PageLimit, PageOffset, QueryText, QueryTime
 from detrforge.api.schemas import (
     BenchmarkRecordsPublic,
@@ -56,7 +57,7 @@ def delete_target(name: str, services: ServicesDep, _: Approver) -> None:
     services.targets.delete(name)
 
 
-@router.get("/benchmark-records", response_model=None)
+@router.get("/benchmark-records", response_model=BenchmarkRecordsPublic, responses=CSV_EXPORT)
 def list_benchmark_records(
     services: ServicesDep,
     _: Viewer,
@@ -69,7 +70,7 @@ def list_benchmark_records(
     limit: PageLimit = 50,
     offset: PageOffset = 0,
     format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",  # noqa: A002
-) -> Any:
+) -> BenchmarkRecordsPublic | PlainTextResponse:
     """The append-only benchmark history, newest first; ``format=csv`` exports it."""
     records, total = services.benchmarks.list(
         checkpoint_sha256=checkpoint_sha256,
