@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
+from detrforge.api.bodies import json_body
 from detrforge.api.deps import Operator, ServicesDep, Viewer
 from detrforge.api.errors import ERROR_RESPONSES
 from detrforge.api.media import LOG_TEXT
@@ -17,12 +18,7 @@ from detrforge.platform.specs import FinetuneSpec
 
 router = APIRouter(prefix="/api/v1/finetune-jobs", tags=["finetune"], responses=ERROR_RESPONSES)
 
-_SPEC_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": FinetuneSpec.model_json_schema()}},
-    }
-}
+_SPEC_BODY = json_body(FinetuneSpec)
 
 
 @router.post("", response_model=JobPublic, status_code=201, openapi_extra=_SPEC_BODY)

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import PlainTextResponse
 
+from detrforge.api.bodies import json_body
 from detrforge.api.deps import Approver, Operator, RequestId, ServicesDep, Viewer
 from detrforge.api.errors import ERROR_RESPONSES
 from detrforge.api.media import CSV_EXPORT
@@ -75,12 +76,7 @@ def get_model(name: str, services: ServicesDep, _: Viewer) -> ModelPublic:
 @router.put(
     "/models/{name}/policy",
     response_model=ModelPublic,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": GatePolicy.model_json_schema()}},
-        }
-    },
+    openapi_extra=json_body(GatePolicy),
 )
 def set_policy(
     name: str,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Depends
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from detrforge.api.bodies import json_body
 from detrforge.api.deps import Operator, ServicesDep, Viewer
 from detrforge.api.errors import ERROR_RESPONSES
 from detrforge.api.media import PNG_IMAGE
@@ -18,12 +19,7 @@ from detrforge.platform.specs import SweepSpec
 
 router = APIRouter(prefix="/api/v1/sweeps", tags=["sweeps"], responses=ERROR_RESPONSES)
 
-_SPEC_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": SweepSpec.model_json_schema()}},
-    }
-}
+_SPEC_BODY = json_body(SweepSpec)
 
 
 def _sweeps(services: ServicesDep) -> SweepService:

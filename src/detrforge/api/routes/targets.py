@@ -47,7 +47,8 @@ def update_target(
     name: str, body: TargetUpdate, services: ServicesDep, _: Approver
 ) -> TargetPublic:
     """Change a target; history rows keep the profile they ran with."""
-    target = services.targets.update(name, **body.model_dump(exclude_unset=True))
+    # null is "leave as is", like an absent field (an empty description clears it).
+    target = services.targets.update(name, **body.model_dump(exclude_unset=True, exclude_none=True))
     return TargetPublic.model_validate(target, from_attributes=True)
 
 
