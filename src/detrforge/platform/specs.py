@@ -409,7 +409,8 @@ class SweepSpec(_Spec):
         if not isinstance(sizes, list) or not sizes:
             raise _FieldError("space.model_size", "space.model_size: give at least one size")
         for size in sizes:
-            if size not in MODEL_SIZES:
+            # A non-string (a list, an object) is no size, and unhashable for the lookup.
+            if not isinstance(size, str) or size not in MODEL_SIZES:
                 raise _FieldError(
                     "space.model_size",
                     f"unknown model size {size!r}; choose from {', '.join(MODEL_SIZES)}",
