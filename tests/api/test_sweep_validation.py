@@ -89,6 +89,9 @@ def _with(**changes: Any) -> dict[str, Any]:
         (_with(resources_per_trial={"cpu": 0}), "resources_per_trial.cpu", "greater than 0"),
         (_with(latency_sla_ms=-5), "latency_sla_ms", "greater than 0"),
         (_with(max_concurrent_trials=0), "max_concurrent_trials", "greater than or equal to 1"),
+        # Found by the contract test: an unhashable choice was a 500 (TypeError).
+        (_with(space={"model_size": [["nano"]]}), "space.model_size", "unknown model size"),
+        (_with(space={"model_size": [{"a": 1}]}), "space.model_size", "unknown model size"),
     ],
 )
 def test_invalid_sweep_is_422_naming_the_field(

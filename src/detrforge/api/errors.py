@@ -27,6 +27,7 @@ from detrforge.platform.errors import (
 __all__ = [
     "ERROR_CODE_TO_HTTP_STATUS",
     "ERROR_RESPONSES",
+    "REQUEST_ERROR_RESPONSES",
     "ErrorBody",
     "error_response",
     "install_error_handlers",
@@ -87,6 +88,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     415: _declared("The request body is not application/json."),
     422: _declared("Invalid request: `field` names the offending field."),
     503: _declared("The Ray cluster could not be reached."),
+}
+
+
+# What the request limits (api/limits.py) answer on any route, the open ones included.
+REQUEST_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: ERROR_RESPONSES[status] for status in (400, 413, 415, 422)
 }
 
 

@@ -7,8 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from detrforge.platform.limits import ClassNames, Description, Name, Reason, Uri
+from detrforge.platform.limits import MAX_NAME_LENGTH, ClassNames, Description, Name, Reason, Uri
 from detrforge.platform.specs import MAX_RESOLUTION, MIN_RESOLUTION, ModelSize
+from detrforge.registry.models import MODEL_NAME_PATTERN
 
 __all__ = [
     "AuditEventPublic",
@@ -39,12 +40,22 @@ class _Request(BaseModel):
 
 
 class ModelCreate(_Request):
-    name: Name = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", examples=["shelf-detector"])
+    # The registry's own rule (MODEL_NAME_PATTERN), stated in the schema: no control characters.
+    name: StrictStr = Field(
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        pattern=f"^{MODEL_NAME_PATTERN.pattern}$",
+        examples=["shelf-detector"],
+    )
     description: Description = ""
 
 
 class VersionCreate(_Request):
     """A version from ``job_id`` (a SUCCEEDED fine-tune) or ``checkpoint`` + size + resolution."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": ["job_id"]}, {"required": ["checkpoint"]}]}
+    )
 
     job_id: Name | None = None
     checkpoint: Uri | None = Field(default=None, description="A .pth path, file:// or s3:// URI.")

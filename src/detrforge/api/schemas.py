@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from detrforge.platform.limits import Description, Name
-from detrforge.platform.specs import check_resource_amounts
+from detrforge.platform.specs import RESOURCE_AMOUNTS_SCHEMA, check_resource_amounts
 from detrforge.registry.entities import ApiKey, Job, Role
 
 __all__ = [
@@ -119,11 +119,16 @@ class KeysPublic(BaseModel):
     items: list[KeyPublic]
 
 
+# A target names at least one resource (TargetStore refuses an empty profile).
+_TARGET_RESOURCES_SCHEMA = {**RESOURCE_AMOUNTS_SCHEMA, "minProperties": 1}
+
+
 class TargetCreate(_Request):
     name: StrictStr = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
     description: Description = ""
     resources: dict[str, float] = Field(
-        description='Ray resources for one benchmark task, e.g. {"hw_cpu_x86": 1}.'
+        description='Ray resources for one benchmark task, e.g. {"hw_cpu_x86": 1}.',
+        json_schema_extra=_TARGET_RESOURCES_SCHEMA,
     )
     backend: StrictStr = Field(default="torch", min_length=1, max_length=32)
     precision: StrictStr = Field(default="fp32", min_length=1, max_length=32)
@@ -138,7 +143,9 @@ class TargetCreate(_Request):
 
 class TargetUpdate(_Request):
     description: Description | None = None
-    resources: dict[str, float] | None = None
+    resources: dict[str, float] | None = Field(
+        default=None, json_schema_extra=_TARGET_RESOURCES_SCHEMA
+    )
     backend: StrictStr | None = Field(default=None, min_length=1, max_length=32)
     precision: StrictStr | None = Field(default=None, min_length=1, max_length=32)
     batch_size: int | None = Field(default=None, ge=1, le=256)

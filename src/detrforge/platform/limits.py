@@ -70,6 +70,8 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TEXT_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _NAME_SCHEMA_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
 _TEXT_SCHEMA_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+# The sources the server reads (platform/sources.py): an absolute path, file: or s3:// URI.
+_URI_SCHEMA_PATTERN = r"^(?:/|file:|s3://)[^\x00-\x1f\x7f-\x9f]*$"
 
 
 def check_name(value: str) -> str:
@@ -115,7 +117,7 @@ Reason = Annotated[
 Uri = Annotated[
     StrictStr,
     Field(
-        min_length=1, max_length=MAX_URI_LENGTH, json_schema_extra={"pattern": _NAME_SCHEMA_PATTERN}
+        min_length=1, max_length=MAX_URI_LENGTH, json_schema_extra={"pattern": _URI_SCHEMA_PATTERN}
     ),
     AfterValidator(check_name),
 ]

@@ -12,6 +12,7 @@ from detrforge.platform.limits import MAX_INT, MAX_RESOURCE_AMOUNT, Name, Uri
 
 __all__ = [
     "MODEL_SIZES",
+    "RESOURCE_AMOUNTS_SCHEMA",
     "BenchmarkSpec",
     "EvaluateSpec",
     "FinetuneSpec",
@@ -77,6 +78,19 @@ MAX_SEED = 2**32 - 1
 MAX_RESOURCE_NAMES = 32
 
 
+# What check_resource_amounts admits, stated in the JSON schema of the fields it guards.
+RESOURCE_AMOUNTS_SCHEMA: dict[str, Any] = {
+    "maxProperties": MAX_RESOURCE_NAMES,
+    # Printable (str.isprintable) is wider than a pattern can say; control characters are not.
+    "propertyNames": {"minLength": 1, "maxLength": 128, "pattern": r"^[^\x00-\x1f\x7f-\x9f]*$"},
+    "additionalProperties": {
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "maximum": MAX_RESOURCE_AMOUNT,
+    },
+}
+
+
 def check_resource_amounts(value: dict[str, float]) -> dict[str, float]:
     """``value`` if every quantity is finite, above 0 and at most ``MAX_RESOURCE_AMOUNT``."""
     if len(value) > MAX_RESOURCE_NAMES:
@@ -117,7 +131,9 @@ class FinetuneSpec(_Spec):
     group_detr: int | None = Field(default=None, ge=1, le=64)
     num_workers: int = Field(default=1, ge=1, le=1024)
     use_gpu: bool = False
-    resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=lambda: {"CPU": 1.0}, json_schema_extra=RESOURCE_AMOUNTS_SCHEMA
+    )
     threads_per_worker: int = Field(default=1, ge=1, le=256)
     seed: int = Field(default=42, ge=0, le=MAX_SEED)
     max_failures: int = Field(default=0, ge=-1, le=100)
@@ -234,7 +250,9 @@ class BenchmarkSpec(_CheckpointSpec):
     """Latency of a checkpoint on a named hardware target (filled in from the target's profile)."""
 
     target: Name
-    target_resources: dict[str, float] = Field(default_factory=dict)
+    target_resources: dict[str, float] = Field(
+        default_factory=dict, json_schema_extra=RESOURCE_AMOUNTS_SCHEMA
+    )
     backend: Backend = "torch"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     batch_size: int = Field(default=1, ge=1, le=256)
@@ -326,15 +344,22 @@ class SweepSpec(_Spec):
     """
 
     dataset: Uri
-    space: dict[str, Any] = Field(default_factory=lambda: {"model_size": ["nano"]})
-    base: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Any] = Field(
+        default_factory=lambda: {"model_size": ["nano"]},
+        json_schema_extra={"propertyNames": {"enum": list(SWEEP_TUNABLE)}},
+    )
+    base: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra={"propertyNames": {"enum": list(SWEEP_TUNABLE)}}
+    )
     num_samples: int = Field(
         default=1, ge=1, le=10_000, description="Random: trials; grid: repeats of the grid."
     )
     scheduler: SweepScheduler = Field(default_factory=SweepScheduler)
     search: Literal["grid", "random", "optuna"] = "grid"
     target: Name = Field(description="The hardware target p95 is measured on.")
-    target_resources: dict[str, float] = Field(default_factory=dict)
+    target_resources: dict[str, float] = Field(
+        default_factory=dict, json_schema_extra=RESOURCE_AMOUNTS_SCHEMA
+    )
     backend: Backend = "torch"
     bench_threads: int | None = Field(default=None, ge=1, le=256)
     bench_warmup: int = Field(default=3, ge=0, le=10_000)
@@ -386,7 +411,8 @@ class SweepSpec(_Spec):
         if not isinstance(sizes, list) or not sizes:
             raise _FieldError("space.model_size", "space.model_size: give at least one size")
         for size in sizes:
-            if size not in MODEL_SIZES:
+            # A non-string (a list, an object) is no size, and unhashable for the lookup.
+            if not isinstance(size, str) or size not in MODEL_SIZES:
                 raise _FieldError(
                     "space.model_size",
                     f"unknown model size {size!r}; choose from {', '.join(MODEL_SIZES)}",

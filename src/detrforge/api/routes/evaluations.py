@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 
+from detrforge.api.bodies import json_body
 from detrforge.api.deps import Operator, ServicesDep, Viewer
 from detrforge.api.errors import ERROR_RESPONSES
 from detrforge.api.pagination import JobPage, jobs_page
@@ -16,13 +17,13 @@ router = APIRouter(prefix="/api/v1", tags=["evaluation"], responses=ERROR_RESPON
 
 
 def _body_schema(model: Any) -> dict[str, Any]:
-    schema = model.model_json_schema()
-    schema["properties"]["job_id"] = {
+    job_id = {
         "type": "string",
+        "minLength": 1,
         "description": "A SUCCEEDED fine-tune job whose model to use instead of `checkpoint`.",
+        "x-instead-of": "checkpoint",
     }
-    schema["required"] = [r for r in schema.get("required", []) if r != "checkpoint"]
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    return json_body(model, extra_properties={"job_id": job_id})
 
 
 @router.post(

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
+from detrforge.api.bodies import json_body
 from detrforge.api.deps import Operator, ServicesDep, Viewer
 from detrforge.api.errors import ERROR_RESPONSES
+from detrforge.api.media import LOG_TEXT
 from detrforge.api.pagination import JobPage, jobs_page
 from detrforge.api.params import LogTail
 from detrforge.api.schemas import JobPublic, JobsPublic
@@ -16,12 +18,7 @@ from detrforge.platform.specs import FinetuneSpec
 
 router = APIRouter(prefix="/api/v1/finetune-jobs", tags=["finetune"], responses=ERROR_RESPONSES)
 
-_SPEC_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": FinetuneSpec.model_json_schema()}},
-    }
-}
+_SPEC_BODY = json_body(FinetuneSpec)
 
 
 @router.post("", response_model=JobPublic, status_code=201, openapi_extra=_SPEC_BODY)
@@ -44,7 +41,8 @@ def get_finetune_job(job_id: str, services: ServicesDep, _: Viewer) -> JobPublic
     return JobPublic.of(services.jobs.reconcile(job_id))
 
 
-@router.get("/{job_id}/logs", response_model=None)
+# response_class=Response: with no media type of its own, the errors stay declared as JSON.
+@router.get("/{job_id}/logs", response_model=None, response_class=Response, responses=LOG_TEXT)
 def finetune_job_logs(
     job_id: str,
     services: ServicesDep,

@@ -7,8 +7,9 @@ from pydantic import BaseModel
 
 from detrforge import __version__
 from detrforge.api.deps import ServicesDep, public
+from detrforge.api.errors import REQUEST_ERROR_RESPONSES
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=REQUEST_ERROR_RESPONSES)
 
 
 class ComponentPublic(BaseModel):

@@ -7,8 +7,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import PlainTextResponse
 
+from detrforge.api.bodies import json_body
 from detrforge.api.deps import Approver, Operator, RequestId, ServicesDep, Viewer
 from detrforge.api.errors import ERROR_RESPONSES
+from detrforge.api.media import CSV_EXPORT
 from detrforge.api.params import PageLimit, PageOffset, QueryText, QueryTime, VersionNumber
 from detrforge.api.registry_schemas import (
     AuditEventPublic,
@@ -74,12 +76,7 @@ def get_model(name: str, services: ServicesDep, _: Viewer) -> ModelPublic:
 @router.put(
     "/models/{name}/policy",
     response_model=ModelPublic,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": GatePolicy.model_json_schema()}},
-        }
-    },
+    openapi_extra=json_body(GatePolicy),
 )
 def set_policy(
     name: str,
@@ -219,7 +216,7 @@ def rollback(
     return VersionPublic.model_validate(version)
 
 
-@router.get("/audit", response_model=None)
+@router.get("/audit", response_model=AuditEventsPublic, responses=CSV_EXPORT)
 def audit(
     services: ServicesDep,
     _: Viewer,
@@ -232,7 +229,7 @@ def audit(
     limit: PageLimit = 100,
     offset: PageOffset = 0,
     format: Literal["json", "csv"] = "json",  # noqa: A002
-) -> Any:
+) -> AuditEventsPublic | PlainTextResponse:
     """The audit log, oldest first: who, when, action, model, version, before, after, reason,
     request id. ``format=csv`` exports the page as CSV."""
     events, total = services.models.registry.audit(

@@ -8,8 +8,10 @@ from fastapi import APIRouter, Body, Depends
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from detrforge.api.bodies import json_body
 from detrforge.api.deps import Operator, ServicesDep, Viewer
 from detrforge.api.errors import ERROR_RESPONSES
+from detrforge.api.media import PNG_IMAGE
 from detrforge.api.pagination import JobPage, jobs_page
 from detrforge.api.schemas import JobPublic, JobsPublic
 from detrforge.api.sweep_service import SweepService
@@ -17,12 +19,7 @@ from detrforge.platform.specs import SweepSpec
 
 router = APIRouter(prefix="/api/v1/sweeps", tags=["sweeps"], responses=ERROR_RESPONSES)
 
-_SPEC_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": SweepSpec.model_json_schema()}},
-    }
-}
+_SPEC_BODY = json_body(SweepSpec)
 
 
 def _sweeps(services: ServicesDep) -> SweepService:
@@ -73,7 +70,7 @@ def sweep_result(job_id: str, sweeps: SweepsDep, _: Viewer) -> SweepResultPublic
     return SweepResultPublic.model_validate(sweeps.result(job_id))
 
 
-@router.get("/{job_id}/pareto.png", response_class=Response)
+@router.get("/{job_id}/pareto.png", response_class=Response, responses=PNG_IMAGE)
 def sweep_plot(job_id: str, sweeps: SweepsDep, _: Viewer) -> Response:
     """The Pareto plot (PNG); 409 until the sweep has succeeded."""
     return Response(sweeps.plot(job_id), media_type="image/png")

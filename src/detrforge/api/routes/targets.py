@@ -9,6 +9,7 @@ from fastapi.responses import PlainTextResponse
 
 from detrforge.api.deps import Approver, ServicesDep, Viewer
 from detrforge.api.errors import ERROR_RESPONSES
+from detrforge.api.media import CSV_EXPORT
 from detrforge.api.params import PageLimit, PageOffset, QueryText, QueryTime
 from detrforge.api.schemas import (
     BenchmarkRecordsPublic,
@@ -46,7 +47,8 @@ def update_target(
     name: str, body: TargetUpdate, services: ServicesDep, _: Approver
 ) -> TargetPublic:
     """Change a target; history rows keep the profile they ran with."""
-    target = services.targets.update(name, **body.model_dump(exclude_unset=True))
+    # null is "leave as is", like an absent field (an empty description clears it).
+    target = services.targets.update(name, **body.model_dump(exclude_unset=True, exclude_none=True))
     return TargetPublic.model_validate(target, from_attributes=True)
 
 
@@ -56,7 +58,7 @@ def delete_target(name: str, services: ServicesDep, _: Approver) -> None:
     services.targets.delete(name)
 
 
-@router.get("/benchmark-records", response_model=None)
+@router.get("/benchmark-records", response_model=BenchmarkRecordsPublic, responses=CSV_EXPORT)
 def list_benchmark_records(
     services: ServicesDep,
     _: Viewer,
@@ -69,7 +71,7 @@ def list_benchmark_records(
     limit: PageLimit = 50,
     offset: PageOffset = 0,
     format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",  # noqa: A002
-) -> Any:
+) -> BenchmarkRecordsPublic | PlainTextResponse:
     """The append-only benchmark history, newest first; ``format=csv`` exports it."""
     records, total = services.benchmarks.list(
         checkpoint_sha256=checkpoint_sha256,
