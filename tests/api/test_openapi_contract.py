@@ -163,13 +163,13 @@ def _seed(services: Services, headers: dict[str, str], admin_id: str, dataset: s
     finetune_id = job_id("/finetune-jobs")
     # A sweep asks the cluster for capacity before it records a job: record one that never ran.
     sweep_spec = parse_spec(SweepSpec, {**sweep, "target_resources": {"CPU": 1}})
-    sweep_job = services.jobs.jobs.create(
+    sweep_job = services.jobs.job_store.create(
         kind="sweep",
         spec=sweep_spec.model_dump(mode="json"),
         created_by="contract-admin",
         dataset_fingerprint=None,
     )
-    services.jobs.jobs.update(sweep_job.id, state=JobState.FAILED, error="never started")
+    services.jobs.job_store.update(sweep_job.id, state=JobState.FAILED, error="never started")
     sweep_id = job_id("/sweeps")
     return Seeded(
         path_values={
