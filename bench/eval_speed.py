@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from detrforge.platform.evaluation import STAT_NAMES, evaluate_coco
+from detrforge.detector.evaluation import STAT_NAMES, evaluate_coco
 
 WIDTH, HEIGHT = 640, 480
 NUM_CATEGORIES = 10

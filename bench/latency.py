@@ -9,7 +9,7 @@ round-robin per repeat in one process so drift hits all backends alike:
 - ``rfdetr``: ``model.predict(images, threshold=0.0, include_source_image=False)``.
 
 Every run is end-to-end from encoded PNG bytes in memory: decode, preprocess, forward,
-postprocess (``detrforge.platform.latency.measure_latency``); model-only is the forward pass
+postprocess (``detrforge.detector.latency.measure_latency``); model-only is the forward pass
 alone, which rfdetr's ``predict()`` does not expose. Both torch and ORT use the same number of
 intra-op threads. Percentiles: numpy linear interpolation over the samples pooled across repeats;
 the p95 spread is the min and max of the per-repeat p95s.
@@ -37,10 +37,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from detrforge.platform.data import synth_dataset  # noqa: E402
-from detrforge.platform.environment import capture_environment  # noqa: E402
-from detrforge.platform.export import export_onnx  # noqa: E402
-from detrforge.platform.inference import (  # noqa: E402
+from detrforge.detector.data import synth_dataset  # noqa: E402
+from detrforge.detector.export import export_onnx  # noqa: E402
+from detrforge.detector.inference import (  # noqa: E402
     Detections,
     OnnxPredictor,
     Predictor,
@@ -49,8 +48,9 @@ from detrforge.platform.inference import (  # noqa: E402
     evaluate_checkpoint,
     load_inference_detector,
 )
-from detrforge.platform.latency import LatencyReport, LatencyStats, measure_latency  # noqa: E402
-from detrforge.platform.model import build_detector  # noqa: E402
+from detrforge.detector.latency import LatencyReport, LatencyStats, measure_latency  # noqa: E402
+from detrforge.detector.model import build_detector  # noqa: E402
+from detrforge.platform.environment import capture_environment  # noqa: E402
 
 IMAGE_SIZE = 512  # source images are 512 x 512 PNGs, resized by each backend to the input size
 NUM_CLASSES = 2

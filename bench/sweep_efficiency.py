@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.update(BASE_ENV)
     os.environ.pop("RAY_ADDRESS", None)
+    from detrforge.detector.data import synth_dataset
     from detrforge.platform.cluster import LocalRayHead
-    from detrforge.platform.data import synth_dataset
 
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
     print(f"host: {os.cpu_count()} CPUs, load average at start {os.getloadavg()}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from detrforge.platform.data import synth_dataset
+from detrforge.detector.data import synth_dataset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -53,7 +53,7 @@ def build_untrained_nano(seed: int = 0) -> Any:
     """A seeded Nano detector with randomised (instead of zero) final box-regression layers."""
     import torch
 
-    from detrforge.platform.model import build_detector
+    from detrforge.detector.model import build_detector
 
     torch.manual_seed(seed)
     detector = build_detector(
@@ -100,7 +100,7 @@ def nano_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def nano_onnx(nano_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """``nano_checkpoint`` exported to ONNX at 128 px (an ``ExportResult``)."""
-    from detrforge.platform.export import export_onnx
+    from detrforge.detector.export import export_onnx
 
     out = tmp_path_factory.mktemp("models") / "nano-128.onnx"
     return export_onnx(nano_checkpoint, "nano", NANO_RESOLUTION, out)

@@ -1,6 +1,7 @@
 """The dependency direction of the packages, read from every module's imports (ray's
-``test_circular_imports.py`` is the model): api -> registry/platform, jobs -> platform, cli -> the
-API over HTTP (plus the server-side commands), and nothing below imports what is above it."""
+``test_circular_imports.py`` is the model): api -> control -> registry/detector/platform,
+detector -> platform, jobs -> detector/platform, cli -> the API over HTTP (plus the server-side
+commands), and nothing below imports what is above it."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "detrforge"
 
 # package -> the detrforge packages (and third-party roots) it must never import.
 FORBIDDEN: dict[str, set[str]] = {
-    "platform": {"api", "cli", "control", "jobs", "registry", "fastapi"},
-    "registry": {"api", "cli", "control", "jobs", "fastapi"},
+    "platform": {"api", "cli", "control", "detector", "jobs", "registry", "fastapi"},
+    "detector": {"api", "cli", "control", "jobs", "registry", "fastapi"},
+    "registry": {"api", "cli", "control", "detector", "jobs", "fastapi"},
     "jobs": {"api", "cli", "control", "registry", "fastapi"},
     "control": {"api", "cli", "fastapi"},
     "api": {"cli"},
@@ -55,3 +57,4 @@ def test_the_walk_sees_every_package() -> None:
     packages = {p.name for p in SRC.iterdir() if (p / "__init__.py").exists()}
     assert packages - set(FORBIDDEN) <= {"cli"}, "a new package needs its rules here"
     assert len(_modules("api")) > 10 and len(_modules("platform")) > 10
+    assert len(_modules("control")) >= 3 and len(_modules("detector")) >= 8

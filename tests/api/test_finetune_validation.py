@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from detrforge.platform.data import DatasetInfo
+from detrforge.detector.data import DatasetInfo
 from fixtures_cluster import TINY_SPEC, ApiHarness
 
 

@@ -19,8 +19,8 @@ from detrforge.api.readiness import redact_url
 from detrforge.api.server import ServeLock, holder_pid
 from detrforge.cli import jobs as cli_jobs
 from detrforge.cli.client import ApiClient
+from detrforge.detector.data import DatasetInfo
 from detrforge.platform.cluster import MAX_TEMP_DIR_CHARS, check_temp_dir, stop_process_tree
-from detrforge.platform.data import DatasetInfo
 from detrforge.platform.errors import ClusterError, ConflictError
 from detrforge.platform.settings import Settings
 from detrforge.registry.entities import Role

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from detrforge.platform.data import DatasetInfo
+from detrforge.detector.data import DatasetInfo
 from detrforge.registry.entities import Role
 from fixtures_cluster import TINY_SPEC, ApiHarness, free_port, harness, make_settings
 from fixtures_s3 import S3Server

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from detrforge.detector.specs import SweepSpec, parse_spec
 from detrforge.platform.errors import InvalidSpecError
-from detrforge.platform.specs import SweepSpec, parse_spec
 from fixtures_cluster import ApiHarness
 
 VALID: dict[str, Any] = {

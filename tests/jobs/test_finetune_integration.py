@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from detrforge.detector.data import DatasetInfo
 from detrforge.platform.cluster import LocalRayHead
-from detrforge.platform.data import DatasetInfo
 from detrforge.platform.tracking import Tracker
 from fixtures_cluster import (
     DATA_ROOTS,

@@ -24,7 +24,7 @@ import httpx
 import psutil
 import pytest
 
-from detrforge.platform.data import DatasetInfo
+from detrforge.detector.data import DatasetInfo
 from fixtures_cluster import DATA_ROOTS, TINY_SPEC, free_port, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

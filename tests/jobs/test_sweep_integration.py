@@ -13,8 +13,8 @@ from typing import Any
 import psutil
 import pytest
 
+from detrforge.detector.data import DatasetInfo
 from detrforge.platform.cluster import LocalRayHead
-from detrforge.platform.data import DatasetInfo
 from detrforge.platform.storage import open_store
 from detrforge.platform.tracking import Tracker
 from detrforge.registry.entities import Role

@@ -1,4 +1,4 @@
-"""Dataset validation, fingerprints and the synthetic dataset (detrforge.platform.data)."""
+"""Dataset validation, fingerprints and the synthetic dataset (detrforge.detector.data)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detrforge.platform.data import (
+from detrforge.detector.data import (
     SPLITS,
     DatasetInfo,
     fingerprint_dataset,
@@ -55,7 +55,7 @@ def only(problems: list[DatasetProblem]) -> DatasetProblem:
 
 
 def test_public_names() -> None:
-    import detrforge.platform.data as data
+    import detrforge.detector.data as data
 
     assert SPLITS == ("train", "valid", "test")
     assert {

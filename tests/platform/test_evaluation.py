@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from detrforge.platform.errors import InvalidDatasetError, InvalidSpecError
-from detrforge.platform.evaluation import (
+from detrforge.detector.evaluation import (
     BACKENDS,
     STAT_NAMES,
     EvalResult,
@@ -22,6 +21,7 @@ from detrforge.platform.evaluation import (
     format_stats_table,
     predictions_to_coco,
 )
+from detrforge.platform.errors import InvalidDatasetError, InvalidSpecError
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco-val2014-100"
 GT_FILE = DATA / "instances_val2014_100.json"

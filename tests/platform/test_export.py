@@ -21,15 +21,15 @@ import onnx
 import pytest
 from PIL import Image
 
-from detrforge.platform.errors import InvalidSpecError
-from detrforge.platform.evaluation import STAT_NAMES
-from detrforge.platform.export import DEFAULT_OPSET, compare_outputs, export_onnx
-from detrforge.platform.inference import (
+from detrforge.detector.evaluation import STAT_NAMES
+from detrforge.detector.export import DEFAULT_OPSET, compare_outputs, export_onnx
+from detrforge.detector.inference import (
     OnnxPredictor,
     TorchPredictor,
     evaluate_checkpoint,
     label2cat_for,
 )
+from detrforge.platform.errors import InvalidSpecError
 from detrforge.platform.storage import sha256_file
 
 RES = 128

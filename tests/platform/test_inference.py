@@ -14,9 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from detrforge.platform.errors import InvalidSpecError
-from detrforge.platform.evaluation import STAT_NAMES, format_stats_table
-from detrforge.platform.inference import (
+from detrforge.detector.evaluation import STAT_NAMES, format_stats_table
+from detrforge.detector.inference import (
     Detections,
     TorchPredictor,
     evaluate_checkpoint,
@@ -26,6 +25,7 @@ from detrforge.platform.inference import (
     preprocess_images,
     preprocess_images_numpy,
 )
+from detrforge.platform.errors import InvalidSpecError
 
 RES = 128
 NUM_CLASSES = 2
@@ -289,7 +289,7 @@ def test_cuda_predictor_matches_cpu(
     shapes_dataset: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from detrforge.platform.latency import measure_latency
+    from detrforge.detector.latency import measure_latency
 
     # Plain fp32 convolutions; TF32 would blur the comparison further.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)

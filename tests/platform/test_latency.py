@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from detrforge.detector.inference import Detections, Predictor, RawOutputs, TorchPredictor
+from detrforge.detector.latency import LatencyStats, encode_images, measure_latency
 from detrforge.platform.errors import InvalidSpecError
-from detrforge.platform.inference import Detections, Predictor, RawOutputs, TorchPredictor
-from detrforge.platform.latency import LatencyStats, encode_images, measure_latency
 
 
 def test_stats_of_one_to_ten() -> None:

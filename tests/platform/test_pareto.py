@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from detrforge.platform.pareto import Point, best_by_ap, dominates, pareto_front, sla_pick
+from detrforge.detector.pareto import Point, best_by_ap, dominates, pareto_front, sla_pick
 
 
 def _p(key: str, ap: float, p95: float, size: str = "nano", res: int = 128) -> Point:

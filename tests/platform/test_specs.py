@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from detrforge.detector.specs import FinetuneSpec, check_resolution, nearest_resolutions, parse_spec
 from detrforge.platform.errors import InvalidSpecError
-from detrforge.platform.specs import FinetuneSpec, check_resolution, nearest_resolutions, parse_spec
 
 BASE: dict[str, Any] = {"dataset": "/data/ds"}
 

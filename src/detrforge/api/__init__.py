@@ -1,3 +1,3 @@
-"""The FastAPI control API, the only public surface of detrforge: routes, auth, the one error
-table, readiness, the server process (``server.py``), and (until the control-layer move) the
-application services (``job_service``, ``registry_service``, ``sweep_service``)."""
+"""The FastAPI control API, the only public surface of detrforge: routes (parse, authorize, then
+call ``detrforge.control`` with typed values), auth, the one error table, request limits,
+readiness, and the server process (``server.py``)."""

@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
-from detrforge.api.job_service import JobService
 from detrforge.api.readiness import Readiness
-from detrforge.api.registry_service import RegistryService
-from detrforge.api.sweep_service import SweepService
+from detrforge.control.jobs import JobService
+from detrforge.control.registry import RegistryService
+from detrforge.control.sweeps import SweepService
 from detrforge.platform.errors import PermissionDeniedError, UnauthenticatedError
 from detrforge.platform.settings import Settings
 from detrforge.registry.benchmarks import BenchmarkStore

@@ -17,15 +17,15 @@ from detrforge import __version__
 from detrforge.api.deps import Services
 from detrforge.api.docs import install_docs
 from detrforge.api.errors import install_error_handlers
-from detrforge.api.job_service import JobService
 from detrforge.api.limits import install_request_limits
 from detrforge.api.readiness import Readiness
-from detrforge.api.registry_service import RegistryService
 from detrforge.api.routes import evaluations, finetune, health, keys
 from detrforge.api.routes import models as model_routes
 from detrforge.api.routes import sweeps as sweep_routes
 from detrforge.api.routes import targets as target_routes
-from detrforge.api.sweep_service import SweepService
+from detrforge.control.jobs import JobService
+from detrforge.control.registry import RegistryService
+from detrforge.control.sweeps import SweepService
 from detrforge.platform.cluster import ray_client_env
 from detrforge.platform.db import make_engine, make_session_factory, upgrade_database
 from detrforge.platform.launcher import Launcher

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from detrforge.detector.specs import MAX_RESOLUTION, MIN_RESOLUTION, ModelSize
 from detrforge.platform.limits import MAX_NAME_LENGTH, ClassNames, Description, Name, Reason, Uri
-from detrforge.platform.specs import MAX_RESOLUTION, MIN_RESOLUTION, ModelSize
 from detrforge.registry.models import MODEL_NAME_PATTERN
 
 __all__ = [

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
+from detrforge.detector.specs import RESOURCE_AMOUNTS_SCHEMA, check_resource_amounts
 from detrforge.platform.limits import Description, Name
-from detrforge.platform.specs import RESOURCE_AMOUNTS_SCHEMA, check_resource_amounts
 from detrforge.registry.entities import ApiKey, Job, Role
 
 __all__ = [

@@ -28,7 +28,7 @@ def data_synth(
     max_objects: int = 3,
 ) -> None:
     """Write a deterministic synthetic COCO dataset (coloured shapes)."""
-    from detrforge.platform.data import synth_dataset
+    from detrforge.detector.data import synth_dataset
 
     try:
         info = synth_dataset(
@@ -52,7 +52,7 @@ def data_validate(
     path: Path, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
 ) -> None:
     """Check a dataset in rfdetr's COCO layout; lists every problem with file and field."""
-    from detrforge.platform.data import require_valid_dataset, validate_dataset
+    from detrforge.detector.data import require_valid_dataset, validate_dataset
 
     problems = validate_dataset(path)
     if problems:

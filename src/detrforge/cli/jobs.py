@@ -34,7 +34,7 @@ def eval_detections(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """COCOeval bbox stats of an external detections file, under detrforge's metric names."""
-    from detrforge.platform.evaluation import evaluate_detections_files, format_stats_table
+    from detrforge.detector.evaluation import evaluate_detections_files, format_stats_table
 
     try:
         result = evaluate_detections_files(annotations, detections, backend=backend)

@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from detrforge.detector.specs import BenchmarkSpec
 from detrforge.jobs.driver import JobContext, check_resources, run_driver
 from detrforge.jobs.evaluate import local_checkpoint, make_predictor
-from detrforge.platform.specs import BenchmarkSpec
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 
@@ -54,10 +54,10 @@ def benchmark_task(spec_data: dict[str, Any], artifact_root: str, job_id: str) -
     """Runs on the target's node: load, (export), time, capture the environment."""
     import ray
 
-    from detrforge.platform.data import fingerprint_dataset
+    from detrforge.detector.data import fingerprint_dataset
+    from detrforge.detector.inference import evaluate_checkpoint
+    from detrforge.detector.latency import measure_latency
     from detrforge.platform.environment import capture_environment
-    from detrforge.platform.inference import evaluate_checkpoint
-    from detrforge.platform.latency import measure_latency
     from detrforge.platform.storage import fetch_local, open_store, sha256_file
 
     spec = BenchmarkSpec.model_validate(spec_data)

@@ -12,7 +12,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from detrforge.platform.specs import FinetuneSpec
+from detrforge.detector.specs import FinetuneSpec
 from detrforge.platform.tracking import Tracker
 
 __all__ = ["DetrforgeCallback", "drop_periodic_checkpoints", "epoch_metrics"]

@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from detrforge.detector.specs import EvaluateSpec
 from detrforge.jobs.driver import JobContext, run_driver
-from detrforge.platform.specs import EvaluateSpec
 from detrforge.platform.tags import Tag
 
 __all__ = ["evaluate_task", "local_checkpoint", "main", "make_predictor"]
@@ -47,10 +47,10 @@ def make_predictor(
     workdir: Path,
 ) -> tuple[Any, Path | None]:
     """A predictor for ``backend``; for ONNX Runtime also the exported ``.onnx`` file."""
-    from detrforge.platform.inference import OnnxPredictor, TorchPredictor
+    from detrforge.detector.inference import OnnxPredictor, TorchPredictor
 
     if backend == "onnxruntime":
-        from detrforge.platform.export import export_onnx
+        from detrforge.detector.export import export_onnx
 
         exported = export_onnx(checkpoint, size, resolution, workdir / f"model-{resolution}.onnx")
         return OnnxPredictor(exported.path, resolution, num_threads=threads), exported.path
@@ -61,8 +61,8 @@ def evaluate_task(spec_data: dict[str, Any]) -> dict[str, Any]:
     """Runs on a Ray worker: fetch, verify, predict the split, COCOeval."""
     import ray
 
-    from detrforge.platform.data import fingerprint_dataset
-    from detrforge.platform.inference import evaluate_checkpoint
+    from detrforge.detector.data import fingerprint_dataset
+    from detrforge.detector.inference import evaluate_checkpoint
     from detrforge.platform.storage import fetch_local
 
     spec = EvaluateSpec.model_validate(spec_data)

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from detrforge.detector.specs import FinetuneSpec
 from detrforge.jobs.driver import JobContext, check_resources, run_driver
-from detrforge.platform.specs import FinetuneSpec
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 
@@ -40,8 +40,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
     from rfdetr.training import build_trainer as build_pl_trainer
 
+    from detrforge.detector.model import build_training_parts
     from detrforge.jobs.callbacks import DetrforgeCallback, drop_periodic_checkpoints
-    from detrforge.platform.model import build_training_parts
     from detrforge.platform.storage import open_store
 
     spec = FinetuneSpec.model_validate(config["spec"])

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from detrforge.detector.pareto import Point, best_by_ap, pareto_front, sla_pick
+from detrforge.detector.specs import BenchmarkSpec, SweepSpec
 from detrforge.jobs.driver import JobContext, check_resources, run_driver
-from detrforge.platform.pareto import Point, best_by_ap, pareto_front, sla_pick
-from detrforge.platform.specs import BenchmarkSpec, SweepSpec
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from detrforge.platform.specs import FinetuneSpec, SweepSpec
+from detrforge.detector.specs import FinetuneSpec, SweepSpec
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 
@@ -206,8 +206,8 @@ def train_trial(config: dict[str, Any]) -> None:
     from ray import tune
     from rfdetr.training import build_trainer as build_pl_trainer
 
+    from detrforge.detector.model import build_training_parts
     from detrforge.jobs.callbacks import drop_periodic_checkpoints
-    from detrforge.platform.model import build_training_parts
     from detrforge.platform.storage import fetch_local, open_store
 
     ctx = config["ctx"]

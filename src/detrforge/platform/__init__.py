@@ -1,5 +1,5 @@
-"""Building blocks shared by the API and the jobs. Service plumbing: settings, db, storage
-(``file://``, ``s3://``, content-addressed blobs), sources (where user paths may point), tracking
-(MLflow), the launcher (Ray Jobs client) and the embedded Ray head (``cluster``, ``ray_head``).
-Model domain: data, specs, checkpoints, the rfdetr adapter (``model``), inference, evaluation,
-export, latency, pareto."""
+"""Service plumbing shared by the API, the control layer and the jobs: settings, the database
+engine, storage (``file://``, ``s3://``, content-addressed blobs), sources (where user paths may
+point), checkpoints (safe, bounded loading), tracking (MLflow), MLflow tag names, input limits, the
+launcher (Ray Jobs client) and the embedded Ray head (``cluster``, ``ray_head``). Knows nothing of
+RF-DETR itself (that is ``detrforge.detector``)."""

@@ -11,7 +11,7 @@ from detrforge.api.deps import Operator, ServicesDep, Viewer
 from detrforge.api.errors import ERROR_RESPONSES
 from detrforge.api.pagination import JobPage, jobs_page
 from detrforge.api.schemas import JobPublic, JobsPublic
-from detrforge.platform.specs import BenchmarkSpec, EvaluateSpec
+from detrforge.detector.specs import BenchmarkSpec, EvaluateSpec
 
 router = APIRouter(prefix="/api/v1", tags=["evaluation"], responses=ERROR_RESPONSES)
 

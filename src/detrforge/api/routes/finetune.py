@@ -14,7 +14,7 @@ from detrforge.api.media import LOG_TEXT
 from detrforge.api.pagination import JobPage, jobs_page
 from detrforge.api.params import LogTail
 from detrforge.api.schemas import JobPublic, JobsPublic
-from detrforge.platform.specs import FinetuneSpec
+from detrforge.detector.specs import FinetuneSpec
 
 router = APIRouter(prefix="/api/v1/finetune-jobs", tags=["finetune"], responses=ERROR_RESPONSES)
 

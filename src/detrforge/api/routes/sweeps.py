@@ -14,8 +14,8 @@ from detrforge.api.errors import ERROR_RESPONSES
 from detrforge.api.media import PNG_IMAGE
 from detrforge.api.pagination import JobPage, jobs_page
 from detrforge.api.schemas import JobPublic, JobsPublic
-from detrforge.api.sweep_service import SweepService
-from detrforge.platform.specs import SweepSpec
+from detrforge.control.sweeps import SweepService
+from detrforge.detector.specs import SweepSpec
 
 router = APIRouter(prefix="/api/v1/sweeps", tags=["sweeps"], responses=ERROR_RESPONSES)
 

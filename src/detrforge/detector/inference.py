@@ -21,11 +21,11 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 from PIL import Image
 
+from detrforge.detector.data import ANNOTATION_FILE, SPLITS
+from detrforge.detector.evaluation import BACKENDS, EvalResult, evaluate_coco, predictions_to_coco
+from detrforge.detector.model import build_detector
 from detrforge.platform.checkpoints import CHECKPOINT_SAFE_GLOBALS, class_names_in
-from detrforge.platform.data import ANNOTATION_FILE, SPLITS
 from detrforge.platform.errors import InvalidDatasetError, InvalidSpecError
-from detrforge.platform.evaluation import BACKENDS, EvalResult, evaluate_coco, predictions_to_coco
-from detrforge.platform.model import build_detector
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -14,10 +14,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from detrforge.api.job_service import JobService, measured_fields
+from detrforge.control.jobs import JobService, measured_fields
+from detrforge.detector.specs import SweepSpec, parse_spec
 from detrforge.platform.errors import ConflictError, InvalidSpecError, NotFoundError
 from detrforge.platform.launcher import require_resources
-from detrforge.platform.specs import SweepSpec, parse_spec
 from detrforge.platform.tags import Tag
 from detrforge.registry.entities import ApiKey, Job, JobState
 

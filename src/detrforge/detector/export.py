@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from detrforge.detector.inference import load_inference_detector
 from detrforge.platform.errors import InvalidSpecError
-from detrforge.platform.inference import load_inference_detector
 from detrforge.platform.storage import sha256_file
 
 __all__ = ["DEFAULT_OPSET", "MIN_OPSET", "ExportResult", "compare_outputs", "export_onnx"]

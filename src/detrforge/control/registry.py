@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detrforge.api.job_service import JobService
+from detrforge.control.jobs import JobService
+from detrforge.detector.specs import MODEL_SIZES, check_resolution, parse_spec
 from detrforge.platform.checkpoints import staged_checkpoint
 from detrforge.platform.errors import (
     ClusterError,
@@ -30,7 +31,6 @@ from detrforge.platform.errors import (
 )
 from detrforge.platform.limits import MAX_PAGE_SIZE, parse_reason
 from detrforge.platform.sources import SourcePolicy
-from detrforge.platform.specs import MODEL_SIZES, check_resolution, parse_spec
 from detrforge.platform.storage import open_store, sha256_file
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker

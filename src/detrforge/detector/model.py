@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from detrforge.detector.specs import FinetuneSpec
 from detrforge.platform.errors import InvalidSpecError
-from detrforge.platform.specs import FinetuneSpec
 
 __all__ = ["TrainingParts", "build_detector", "build_training_parts"]
 

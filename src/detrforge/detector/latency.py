@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from detrforge.detector.inference import Predictor
 from detrforge.platform.errors import InvalidSpecError
-from detrforge.platform.inference import Predictor
 
 __all__ = ["LatencyReport", "LatencyStats", "encode_images", "measure_latency"]
 
