@@ -53,6 +53,30 @@ def _data_roots(tmp_path_factory: pytest.TempPathFactory) -> None:
     DATA_ROOTS[:] = [tmp_path_factory.getbasetemp(), SHARED_DATA]
 
 
+# An empty MLflow store, migrated once per session (on first use): every API harness starts
+# from a copy of it. MLflow's own migrations take 1-3 s per fresh store, and about 200 tests
+# build a harness. Set by ``_session_temp``, like DATA_ROOTS.
+_SESSION_TEMP: list[pytest.TempPathFactory] = []
+_MLFLOW_TEMPLATE: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_temp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _SESSION_TEMP[:] = [tmp_path_factory]
+
+
+def _copy_empty_mlflow_store(to: Path) -> None:
+    if not _MLFLOW_TEMPLATE:
+        from detrforge.platform.tracking import Tracker
+
+        path = _SESSION_TEMP[0].mktemp("mlflow-template") / "mlflow.db"
+        Tracker(f"sqlite:///{path}").client.search_experiments()
+        _MLFLOW_TEMPLATE.append(path)
+    to.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copyfile(_MLFLOW_TEMPLATE[0], to)
+    to.chmod(0o600)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -136,6 +160,10 @@ class ApiHarness:
 def make_settings(
     home: Path, *, database_url: str, ray_address: str, artifact_root: str | None
 ) -> Settings:
+    """Settings for a test API on ``home``: every store explicit, MLflow a copy of an empty
+    migrated store (a real SQLite MLflow backend, skipped only the migrations)."""
+    if _SESSION_TEMP and not (home / "mlflow.db").exists():
+        _copy_empty_mlflow_store(home / "mlflow.db")
     return Settings(
         home=home,
         database_url=database_url,

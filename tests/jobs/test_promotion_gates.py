@@ -272,6 +272,11 @@ class _Server:
         assert response.status_code < 300, response.text
         return response.json()
 
+    def settled(self, promotion_id: str) -> dict[str, Any] | None:
+        """The promotion once it is applied or failed, else None."""
+        promotion = dict(self.call("GET", f"/promotions/{promotion_id}"))
+        return promotion if promotion["state"] in ("applied", "failed") else None
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -301,16 +306,14 @@ def test_api_killed_between_gates_and_commit_recovers(
             "/models/crash/versions",
             {"checkpoint": str(nano_checkpoint), "model_size": "nano", "resolution": 128},
         )
+    # v1 reaches production without gates (no policy yet); v2 must pass a benchmark gate.
+    first = server.call("POST", "/models/crash/versions/1/promotions", {"to": "production"})
+    first = wait_until(lambda: server.settled(first["id"]), timeout_s=60, every_s=0.5)
+    assert first["state"] == "applied", first["message"]
     server.call(
         "PUT",
         "/models/crash/policy",
         {"targets": [{"target": "cpu-1t", "p95_sla_ms": 60000}], "benchmark_runs": 3},
-    )
-    first = server.call("POST", "/models/crash/versions/1/promotions", {"to": "production"})
-    wait_until(
-        lambda: server.call("GET", f"/promotions/{first['id']}")["state"] == "applied",
-        timeout_s=300,
-        every_s=2,
     )
     server.stop()
 
@@ -328,13 +331,8 @@ def test_api_killed_between_gates_and_commit_recovers(
     assert all(item["state"] == "done" for item in interrupted.evidence)
 
     server.start()  # the restarted API resumes the promotion from its recorded evidence
-    final = wait_until(
-        lambda: (
-            (p := server.call("GET", f"/promotions/{second['id']}"))["state"] == "applied" and p
-        ),
-        timeout_s=120,
-        every_s=1,
-    )
+    final = wait_until(lambda: server.settled(second["id"]), timeout_s=120, every_s=1)
+    assert final["state"] == "applied", final["message"]
     assert [g["gate"] for g in final["gate_results"]] == ["integrity", "p95_sla"]
     assert registry.get_version("crash", 2).stage == Stage.production
     assert registry.get_version("crash", 1).stage == Stage.archived
