@@ -100,6 +100,19 @@ def test_finetune_two_workers_file_artifacts(
     assert f"job {job['id']} SUCCEEDED" in streamed.text
     assert train_worker_pids(ray_head) == []
 
+    # Registered by job id: the version keeps the job's lineage and the bytes' sha256.
+    headers = cluster_api.headers()
+    created_model = cluster_api.client.post(
+        "/api/v1/models", json={"name": "tiny"}, headers=headers
+    )
+    assert created_model.status_code == 201, created_model.text
+    version = cluster_api.client.post(
+        "/api/v1/models/tiny/versions", json={"job_id": job["id"]}, headers=headers
+    ).json()
+    assert (version["source_job_id"], version["mlflow_run_id"]) == (job["id"], job["mlflow_run_id"])
+    assert version["checkpoint_sha256"] == job["model_sha256"]
+    assert (version["model_size"], version["resolution"]) == ("nano", 128)
+
     # The trained model, evaluated twice with pycocotools by job id: finite, identical, per class.
     results = []
     for _ in range(2):
