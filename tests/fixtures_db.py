@@ -27,9 +27,29 @@ from detrforge.registry.targets import TargetStore
 
 POSTGRES_URL_VARIABLE = "DETRFORGE_TEST_DATABASE_URL"
 
-_BACKENDS = [pytest.param("sqlite", id="sqlite")]
-if os.environ.get(POSTGRES_URL_VARIABLE):
-    _BACKENDS.append(pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres))
+# Without a server the PostgreSQL variants are reported as skipped (never silently absent); in CI
+# (CI=true) a missing server stops the run before any test (``pytest_configure`` below).
+_BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param(
+        "postgresql",
+        id="postgresql",
+        marks=[pytest.mark.postgres]
+        if os.environ.get(POSTGRES_URL_VARIABLE)
+        else [
+            pytest.mark.postgres,
+            pytest.mark.skip(reason=f"PostgreSQL variant: set {POSTGRES_URL_VARIABLE} to run it"),
+        ],
+    ),
+]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("CI") == "true" and not os.environ.get(POSTGRES_URL_VARIABLE):
+        raise pytest.UsageError(
+            f"CI=true but {POSTGRES_URL_VARIABLE} is not set: CI runs every database test on "
+            "PostgreSQL too (see .ci/run)"
+        )
 
 
 @pytest.fixture(params=_BACKENDS)
