@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -10,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import pytest
@@ -78,9 +79,56 @@ def _copy_empty_mlflow_store(to: Path) -> None:
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on *now*, for a client to be refused on (no server).
+
+    The port is released on return, so another process may take it before anyone binds it: a
+    server must not be started on it. Servers bind a socket they are handed (``uvicorn``, see
+    ``listening_socket``) or, where only a port number can be given (Ray), are started through
+    ``start_on_reserved_ports``.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def listening_socket() -> socket.socket:
+    """A socket bound to a kernel-chosen loopback port and listening: no window for a race."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+_ADDRESS_IN_USE = re.compile(r"already in use|address in use|failed to bind|EADDRINUSE", re.I)
+
+T = TypeVar("T")
+
+
+def start_on_reserved_ports(count: int, start: Callable[[list[int]], T]) -> T:
+    """``start(ports)`` on ``count`` loopback ports reserved until just before it binds them.
+
+    For servers that take port *numbers* (Ray's GCS, dashboard and agent ports), which cannot be
+    handed a bound socket. Each port is held by a bound socket without ``SO_REUSEADDR`` while the
+    others are chosen (so no two are equal and no other process gets them meanwhile), released
+    immediately before ``start``, and the start is retried once on fresh ports when it fails
+    with "address in use": the window between release and bind is short but not zero. ``start``
+    must stop whatever it started before raising.
+    """
+    for attempt in (1, 2):
+        held = []
+        for _ in range(count):
+            sock = socket.socket()  # no SO_REUSEADDR: the kernel will not hand this port out
+            sock.bind(("127.0.0.1", 0))
+            held.append(sock)
+        ports = [int(sock.getsockname()[1]) for sock in held]
+        for sock in held:
+            sock.close()
+        try:
+            return start(ports)
+        except Exception as exc:
+            if attempt == 2 or not _ADDRESS_IN_USE.search(str(exc)):
+                raise
+    raise AssertionError("unreachable")
 
 
 def train_worker_pids(head: LocalRayHead) -> list[int]:
@@ -97,14 +145,86 @@ def train_worker_pids(head: LocalRayHead) -> list[int]:
     return pids
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout_s: float, every_s: float = 1.0) -> Any:
+def wait_until(
+    read: Callable[[], Any],
+    *,
+    timeout_s: float,
+    what: str | None = None,
+    every_s: float = 1.0,
+    until: Callable[[Any], Any] = bool,
+    fail_if: Callable[[Any], str | None] | None = None,
+    alive: Callable[[], str | None] | None = None,
+) -> Any:
+    """Poll ``read()`` until ``until(value)``; return that value.
+
+    Fails at once (not at the timeout) when ``fail_if(value)`` gives a reason (e.g. the job ended
+    in another terminal state) or ``alive()`` does (e.g. the Ray head the wait depends on died).
+    Every failure names ``what`` was awaited and the last value read.
+    """
+    what = what or getattr(read, "__qualname__", "the condition")
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
+    value: Any = None
+    while True:
+        value = read()
+        if until(value):
             return value
+        reason = fail_if(value) if fail_if is not None else None
+        if reason is None and alive is not None:
+            reason = alive()
+        if reason:
+            raise AssertionError(
+                f"gave up waiting for {what}: {reason}; last value: {value!r:.2000}"
+            )
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"waited {timeout_s:g} s for {what}; last value: {value!r:.2000}")
         time.sleep(every_s)
-    raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+
+
+def head_alive(head: LocalRayHead) -> Callable[[], str | None]:
+    """An ``alive`` check for ``wait_until``: why ``head`` is gone, None while its process runs."""
+
+    def check() -> str | None:
+        if head.alive():
+            return None
+        code = head.process.poll() if head.process is not None else None
+        return f"the Ray head exited (code {code}); see {head.log_path}"
+
+    return check
+
+
+def job_wait(
+    read: Callable[[], dict[str, Any]],
+    *,
+    what: str,
+    timeout_s: float,
+    want: str | None = None,
+    alive: Callable[[], str | None] | None = None,
+    every_s: float = 2.0,
+) -> dict[str, Any]:
+    """Wait for a job (as ``read`` returns it) to reach a terminal state, or ``want`` exactly.
+
+    With ``want``, a different terminal state fails at once rather than at the timeout.
+    """
+
+    def other_end(job: dict[str, Any]) -> str | None:
+        if want is not None and job["state"] in TERMINAL_STATES and job["state"] != want:
+            return f"it ended {job['state']}: {job.get('error')}"
+        return None
+
+    return dict(
+        wait_until(
+            read,
+            until=lambda job: job["state"] == want if want else job["state"] in TERMINAL_STATES,
+            fail_if=other_end,
+            alive=alive,
+            timeout_s=timeout_s,
+            what=what,
+            every_s=every_s,
+        )
+    )
 
 
 @pytest.fixture(scope="session")
@@ -112,9 +232,15 @@ def ray_head() -> Iterator[LocalRayHead]:
     """A real single-node Ray head (2 CPUs) on loopback, on free ports, for the whole session."""
     # In the system temp dir (TMPDIR), kept short: Ray's socket paths live under it.
     temp_dir = Path(tempfile.mkdtemp(prefix="dfray-"))
-    head = LocalRayHead(
-        temp_dir=temp_dir, gcs_port=free_port(), dashboard_port=free_port(), num_cpus=2
-    ).start()
+
+    def start(ports: list[int]) -> LocalRayHead:
+        # LocalRayHead.start stops its own process when it fails.
+        gcs_port, dashboard_port = ports
+        return LocalRayHead(
+            temp_dir=temp_dir, gcs_port=gcs_port, dashboard_port=dashboard_port, num_cpus=2
+        ).start()
+
+    head = start_on_reserved_ports(2, start)
     yield head
     head.stop()
     shutil.rmtree(temp_dir, ignore_errors=True)
@@ -133,6 +259,8 @@ class ApiHarness:
     client: TestClient
     settings: Settings
     keys: dict[Role, str]
+    # Why the cluster behind the API is gone (None while it is up): waits on jobs fail fast then.
+    alive: Callable[[], str | None] | None = None
 
     def headers(self, role: Role = Role.admin) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[role]}"}
@@ -146,14 +274,12 @@ class ApiHarness:
         return dict(response.json())
 
     def wait(self, job_id: str, *, timeout_s: float = 600) -> dict[str, Any]:
-        return dict(
-            wait_until(
-                lambda: (
-                    (j := self.job(job_id))["state"] in {"SUCCEEDED", "FAILED", "CANCELLED"} and j
-                ),
-                timeout_s=timeout_s,
-                every_s=2.0,
-            )
+        """The job once it is terminal (any terminal state); fails fast if the cluster dies."""
+        return job_wait(
+            lambda: self.job(job_id),
+            what=f"job {job_id} to end",
+            timeout_s=timeout_s,
+            alive=self.alive,
         )
 
 
@@ -175,13 +301,15 @@ def make_settings(
     )
 
 
-def harness(settings: Settings) -> Iterator[ApiHarness]:
+def harness(
+    settings: Settings, *, alive: Callable[[], str | None] | None = None
+) -> Iterator[ApiHarness]:
     from detrforge.api.main import build_services
 
     services = build_services(settings)
     keys = {role: services.keys.create(name=f"test-{role.value}", role=role)[1] for role in Role}
     with TestClient(create_app(settings, services=services)) as client:
-        yield ApiHarness(client=client, settings=settings, keys=keys)
+        yield ApiHarness(client=client, settings=settings, keys=keys, alive=alive)
 
 
 @pytest.fixture
@@ -205,5 +333,5 @@ def cluster_api(tmp_path: Path, ray_head: LocalRayHead) -> Iterator[ApiHarness]:
         ray_address=ray_head.dashboard_url,
         artifact_root=None,
     )
-    yield from harness(settings)
+    yield from harness(settings, alive=head_alive(ray_head))
     shutil.rmtree(tmp_path / "home" / "artifacts", ignore_errors=True)
