@@ -21,18 +21,16 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from detrforge.detector.data import DatasetInfo, synth_dataset
 from detrforge.platform.cluster import LocalRayHead
 from detrforge.platform.db import make_engine, make_session_factory
 from detrforge.registry.entities import PromotionState, Role, Stage
 from detrforge.registry.models import ModelRegistry
 from fixtures_cluster import (
     DATA_ROOTS,
-    TINY_SPEC,
     ApiHarness,
-    free_port,
     harness,
     make_settings,
+    start_on_reserved_ports,
     wait_until,
 )
 from fixtures_db import POSTGRES_URL_VARIABLE, _fresh_postgres_database
@@ -74,12 +72,6 @@ def _production_alias(api: ApiHarness, model: str) -> str:
     return str(client.get_model_version_by_alias(model, "production").version)
 
 
-@pytest.fixture(scope="module")
-def easy_ds(tmp_path_factory: pytest.TempPathFactory) -> DatasetInfo:
-    out = tmp_path_factory.mktemp("easy") / "ds"
-    return synth_dataset(out, seed=3, train_images=32, valid_images=8, image_size=128)
-
-
 def _scrambled_copy(checkpoint: Path, out: Path) -> Path:
     """The same weights with the class head replaced by seeded noise: boxes kept, scores random."""
     import torch
@@ -116,42 +108,46 @@ def pg_or_sqlite_api(tmp_path: Path, ray_head: LocalRayHead) -> Iterator[ApiHarn
 
 
 def test_ap_gate_refuses_a_worse_candidate_and_passes_the_reverse(
-    pg_or_sqlite_api: ApiHarness, easy_ds: DatasetInfo, tmp_path: Path
+    pg_or_sqlite_api: ApiHarness,
+    nano_checkpoint: Path,
+    pseudo_labelled_dataset: Path,
+    tmp_path: Path,
 ) -> None:
+    """Real evaluation jobs on Ray, real COCO AP: the eval set's labels are the good model's own
+    detections (AP ~0.86), and its copy with a scrambled class head scores far lower. No
+    training: the registration of a fine-tune job's model is covered in the fine-tune tests."""
     api = pg_or_sqlite_api
-    # One resumable checkpoint at the end (not 16 x ~360 MB): the best-model file is what counts.
-    spec = {**TINY_SPEC, "dataset": str(easy_ds.root), "epochs": 16, "checkpoint_frequency": 16}
-    job = _call(api, "POST", "/finetune-jobs", spec, Role.operator)
-    done = api.wait(job["id"], timeout_s=900)
-    assert done["state"] == "SUCCEEDED", done["error"]
-    good_ckpt = Path(done["model_uri"].removeprefix("file://"))
+    good_ckpt = nano_checkpoint
     bad_ckpt = _scrambled_copy(good_ckpt, tmp_path / "scrambled.pth")
-    policy = {"eval": {"dataset": str(easy_ds.root), "split": "valid"}, "max_ap_drop": 0.02}
+    policy = {
+        "eval": {"dataset": str(pseudo_labelled_dataset), "split": "valid"},
+        "max_ap_drop": 0.02,
+    }
 
     # Good in production, then the scrambled candidate: refused by the AP gate.
     _call(api, "POST", "/models", {"name": "good-first"}, Role.operator)
     _call(api, "PUT", "/models/good-first/policy", policy)
-    good = _call(api, "POST", "/models/good-first/versions", {"job_id": job["id"]}, Role.operator)
-    assert (good["source_job_id"], good["mlflow_run_id"]) == (job["id"], done["mlflow_run_id"])
-    assert good["checkpoint_sha256"] == done["model_sha256"]
-    bad = _call(
-        api,
-        "POST",
-        "/models/good-first/versions",
-        {"checkpoint": str(bad_ckpt), "model_size": "nano", "resolution": 128},
-        Role.operator,
-    )
+    good, bad = [
+        _call(
+            api,
+            "POST",
+            "/models/good-first/versions",
+            {"checkpoint": str(ckpt), "model_size": "nano", "resolution": 128},
+            Role.operator,
+        )
+        for ckpt in (good_ckpt, bad_ckpt)
+    ]
     first = _promote(api, "good-first", good["version"])
     assert first["state"] == "applied", first["message"]
     good_ap = _gate(first, "max_ap_drop")["candidate"]
-    assert good_ap > 0.05, f"the fine-tuned model reached AP {good_ap} only"
+    assert good_ap > 0.5, f"the good model scored AP {good_ap} on its own detections"
 
     refused = _promote(api, "good-first", bad["version"])
     assert refused["state"] == "failed", refused["message"]
     gate = _gate(refused, "max_ap_drop")
     assert gate["passed"] is False
     assert gate["baseline"] == pytest.approx(good_ap)
-    assert gate["candidate"] < good_ap - 0.02
+    assert gate["candidate"] < good_ap - 0.1, gate
     assert f"below production v{good['version']}" in gate["detail"]
     assert gate["evidence"]["baseline"]["reused"] is True  # production's AP was not re-measured
     assert refused["message"].startswith("refused: max_ap_drop")
@@ -230,26 +226,32 @@ def test_latency_gates_on_the_cpu_target(cluster_api: ApiHarness, nano_checkpoin
 class _Server:
     """``detrforge serve`` as its own process, so it can really die."""
 
-    def __init__(self, home: Path, ray_address: str, port: int, database_url: str) -> None:
-        self.home, self.port, self.database_url = home, port, database_url
+    def __init__(self, home: Path, ray_address: str, database_url: str) -> None:
+        self.home, self.database_url = home, database_url
+        self.port = 0  # set by each start
         self.env = {
             **os.environ,
             "DETRFORGE_HOME": str(home),
             "DETRFORGE_DATABASE_URL": database_url,
             "DETRFORGE_RAY_ADDRESS": ray_address,
-            "DETRFORGE_PORT": str(port),
             "DETRFORGE_RECONCILE_INTERVAL_S": "1",
             "DETRFORGE_DATA_ROOTS": os.pathsep.join(str(root) for root in DATA_ROOTS),
         }
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *, failpoints: str = "") -> _Server:
-        env = {**self.env, "DETRFORGE_FAILPOINTS": failpoints}
-        log = (self.home / "serve.log").open("ab")
-        cli = str(Path(sys.executable).with_name("detrforge"))
-        self.process = subprocess.Popen([cli, "serve"], env=env, stdout=log, stderr=log)
-        wait_until(self._healthy, timeout_s=120)
-        return self
+        """Start serve on a port reserved until it binds it; wait until it answers."""
+
+        def start_on(ports: list[int]) -> _Server:
+            self.port = ports[0]
+            env = {**self.env, "DETRFORGE_FAILPOINTS": failpoints, "DETRFORGE_PORT": str(self.port)}
+            cli = str(Path(sys.executable).with_name("detrforge"))
+            with (self.home / "serve.log").open("ab") as log:
+                self.process = subprocess.Popen([cli, "serve"], env=env, stdout=log, stderr=log)
+            wait_until(self._healthy, timeout_s=120, what="serve to answer /health")
+            return self
+
+        return start_on_reserved_ports(1, start_on)
 
     def _healthy(self) -> bool:
         assert self.process is not None
@@ -288,7 +290,7 @@ def server(tmp_path: Path, ray_head: LocalRayHead, database_url: str) -> Iterato
     """``detrforge serve`` on SQLite and (when configured) PostgreSQL."""
     home = tmp_path / "home"
     home.mkdir()
-    server = _Server(home, ray_head.dashboard_url, free_port(), database_url)
+    server = _Server(home, ray_head.dashboard_url, database_url)
     yield server
     server.stop()
     shutil.rmtree(home / "artifacts", ignore_errors=True)

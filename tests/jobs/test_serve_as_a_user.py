@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from detrforge.detector.data import DatasetInfo
-from fixtures_cluster import DATA_ROOTS, TINY_SPEC, free_port, wait_until
+from fixtures_cluster import DATA_ROOTS, TINY_SPEC, start_on_reserved_ports, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -40,15 +40,11 @@ class UserServe:
         self.home = root / "home"
         # The system temp dir of this serve: new and empty (short: Ray's socket paths live in it).
         self.tmp = Path(tempfile.mkdtemp(prefix="dfu-", dir="/tmp"))
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = ""  # set by start(), with the ports
         self.env = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
         self.env.update(
             {
                 "DETRFORGE_HOME": str(self.home),
-                "DETRFORGE_PORT": str(self.port),
-                "DETRFORGE_RAY_GCS_PORT": str(free_port()),
-                "DETRFORGE_RAY_DASHBOARD_PORT": str(free_port()),
                 "DETRFORGE_RAY_NUM_CPUS": "2",
                 "DETRFORGE_HEAD_EXIT_GRACE_S": "5",
                 "TMPDIR": str(self.tmp),
@@ -66,12 +62,31 @@ class UserServe:
         return str(self.tmp / f"detrforge-ray-{self.env['DETRFORGE_RAY_GCS_PORT']}")
 
     def start(self) -> UserServe:
+        """Start serve (API, GCS and dashboard ports reserved until it binds them); wait ready."""
+        return start_on_reserved_ports(3, self._start_on)
+
+    def _start_on(self, ports: list[int]) -> UserServe:
+        api, gcs, dashboard = ports
+        self.base = f"http://127.0.0.1:{api}"
+        self.env.update(
+            {
+                "DETRFORGE_PORT": str(api),
+                "DETRFORGE_RAY_GCS_PORT": str(gcs),
+                "DETRFORGE_RAY_DASHBOARD_PORT": str(dashboard),
+            }
+        )
         cli = str(Path(sys.executable).with_name("detrforge"))
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [cli, "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
-        wait_until(lambda: self.ready_status() == 200, timeout_s=150, every_s=0.5)
+        wait_until(
+            self.ready_status,
+            until=lambda status: status == 200,
+            timeout_s=150,
+            every_s=0.5,
+            what="serve to answer /ready with 200",
+        )
         return self
 
     def ready_status(self) -> int | None:
