@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from detrforge.detector.data import synth_dataset
+from detrforge.detector.synthetic import synth_dataset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -21,7 +21,8 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from detrforge.detector.data import DatasetInfo, synth_dataset
+from detrforge.detector.data import DatasetInfo
+from detrforge.detector.synthetic import synth_dataset
 from detrforge.platform.cluster import LocalRayHead
 from detrforge.platform.db import make_engine, make_session_factory
 from detrforge.registry.entities import PromotionState, Role, Stage

@@ -23,14 +23,11 @@ from PIL import Image
 
 from detrforge.detector.evaluation import STAT_NAMES
 from detrforge.detector.export import DEFAULT_OPSET, compare_outputs, export_onnx
-from detrforge.detector.inference import (
-    OnnxPredictor,
-    TorchPredictor,
-    evaluate_checkpoint,
-    label2cat_for,
-)
+from detrforge.detector.inference import evaluate_checkpoint, label2cat_for
+from detrforge.detector.onnx_predictor import OnnxPredictor
+from detrforge.detector.torch_predictor import TorchPredictor
+from detrforge.platform.blobs import sha256_file
 from detrforge.platform.errors import InvalidSpecError
-from detrforge.platform.storage import sha256_file
 
 RES = 128
 NUM_CLASSES = 2

@@ -57,8 +57,9 @@ def benchmark_task(spec_data: dict[str, Any], artifact_root: str, job_id: str) -
     from detrforge.detector.data import fingerprint_dataset
     from detrforge.detector.inference import evaluate_checkpoint
     from detrforge.detector.latency import measure_latency
+    from detrforge.platform.blobs import sha256_file
     from detrforge.platform.environment import capture_environment
-    from detrforge.platform.storage import fetch_local, open_store, sha256_file
+    from detrforge.platform.storage import fetch_local, open_store
 
     spec = BenchmarkSpec.model_validate(spec_data)
     cache = Path(tempfile.gettempdir()) / "detrforge-cache"
