@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from detrforge.detector.pareto import Point, best_by_ap, pareto_front, sla_pick
-from detrforge.detector.specs import BenchmarkSpec, SweepSpec
+from detrforge.detector.specs import BenchmarkSpec
+from detrforge.detector.sweep_specs import SweepSpec
 from detrforge.jobs.driver import JobContext, check_resources, run_driver
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
