@@ -149,7 +149,7 @@ def log_benchmark_result(
         record.write_text(json.dumps({k: v for k, v in out.items() if not k.startswith("samples")}))
         tracker.log_artifact(run_id, samples, "benchmark")
         tracker.log_artifact(run_id, record, "benchmark")
-    tags = {f"detrforge.env.{k}": str(v) for k, v in out["environment"].items() if v is not None}
+    tags = {Tag.env(k): str(v) for k, v in out["environment"].items() if v is not None}
     tags[Tag.NODE_ID] = out["node_id"]
     tags[Tag.TARGET] = target
     if out["export"]:
