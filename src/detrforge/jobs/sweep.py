@@ -137,7 +137,7 @@ def _run(ctx: JobContext) -> dict[str, str]:
     )
     bench_wanted = {"CPU": float(spec.bench_threads or 1), **spec.target_resources}
     check_resources(bench_wanted, what=f"hardware target {spec.target!r}", field="target")
-    workdir = Path(tempfile.gettempdir()) / "detrforge-jobs" / ctx.job_id
+    workdir = ctx.workdir
     started = time.monotonic()
     n_trials = _count_trials(spec)
     trials = SweepTrials(

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from detrforge.detector.sweep_specs import SweepSpec
+from detrforge.jobs.driver import ray_storage_path
 
 __all__ = ["build_tuner", "param_space"]
 
@@ -29,12 +30,6 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
         else:
             space[key] = tune.loguniform(low, high) if value.get("log") else tune.uniform(low, high)
     return space
-
-
-def _ray_storage_path(artifact_root: str) -> str:
-    if artifact_root.startswith("file://"):
-        return str(Path(artifact_root.removeprefix("file://")) / "ray")
-    return f"{artifact_root}/ray"
 
 
 def build_tuner(
@@ -103,7 +98,7 @@ def build_tuner(
         run_config=tune.RunConfig(
             # A unique name per sweep: reusing one would resume that old run.
             name=job_id,
-            storage_path=_ray_storage_path(artifact_root),
+            storage_path=ray_storage_path(artifact_root),
             callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=0),
