@@ -37,19 +37,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from detrforge.detector.data import synth_dataset  # noqa: E402
 from detrforge.detector.export import export_onnx  # noqa: E402
-from detrforge.detector.inference import (  # noqa: E402
-    Detections,
-    OnnxPredictor,
-    Predictor,
-    RawOutputs,
-    TorchPredictor,
-    evaluate_checkpoint,
-    load_inference_detector,
-)
+from detrforge.detector.inference import evaluate_checkpoint  # noqa: E402
 from detrforge.detector.latency import LatencyReport, LatencyStats, measure_latency  # noqa: E402
 from detrforge.detector.model import build_detector  # noqa: E402
+from detrforge.detector.onnx_predictor import OnnxPredictor  # noqa: E402
+from detrforge.detector.predictor import Detections, Predictor, RawOutputs  # noqa: E402
+from detrforge.detector.synthetic import synth_dataset  # noqa: E402
+from detrforge.detector.torch_predictor import TorchPredictor, load_inference_detector  # noqa: E402
 from detrforge.platform.environment import capture_environment  # noqa: E402
 
 IMAGE_SIZE = 512  # source images are 512 x 512 PNGs, resized by each backend to the input size

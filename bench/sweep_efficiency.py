@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.update(BASE_ENV)
     os.environ.pop("RAY_ADDRESS", None)
-    from detrforge.detector.data import synth_dataset
+    from detrforge.detector.synthetic import synth_dataset
     from detrforge.platform.cluster import LocalRayHead
 
     print(f"command: {' '.join([sys.executable, *sys.argv])}")

@@ -497,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.update(BASE_ENV)  # the Ray head (and so its workers) inherits these
     os.environ.pop("RAY_ADDRESS", None)
-    from detrforge.detector.data import synth_dataset
+    from detrforge.detector.synthetic import synth_dataset
     from detrforge.platform.cluster import LocalRayHead
 
     command = shlex.join([sys.executable, *sys.argv])

@@ -18,7 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from detrforge.api.main import create_app
-from detrforge.detector.data import DatasetInfo, synth_dataset
+from detrforge.detector.data import DatasetInfo
+from detrforge.detector.synthetic import synth_dataset
 from detrforge.platform.cluster import LocalRayHead, ray_client_env
 from detrforge.platform.settings import Settings
 from detrforge.registry.entities import Role

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from detrforge.detector.data import synth_dataset
+from detrforge.detector.synthetic import synth_dataset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -128,7 +128,8 @@ def pseudo_label(dataset: Path, out: Path, checkpoint: Path, *, per_image: int =
     guesses eager AP is high but not 1 (lower-ranked duplicates and the other class compete),
     so a drift in boxes, scores or their order moves it.
     """
-    from detrforge.detector.inference import TorchPredictor, label2cat_for
+    from detrforge.detector.inference import label2cat_for
+    from detrforge.detector.torch_predictor import TorchPredictor
 
     predictor = TorchPredictor(checkpoint, "nano", NANO_RESOLUTION)
     shutil.copytree(dataset, out)

@@ -37,7 +37,8 @@ from schemathesis.specs.openapi.checks import (
 from detrforge.api.deps import Services
 from detrforge.api.main import build_services, create_app
 from detrforge.detector.data import DatasetInfo
-from detrforge.detector.specs import SweepSpec, parse_spec
+from detrforge.detector.specs import parse_spec
+from detrforge.detector.sweep_specs import SweepSpec
 from detrforge.registry.entities import JobState, Role
 from fixtures_cluster import TINY_SPEC, free_port, make_settings
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from detrforge.detector.specs import SweepSpec, parse_spec
+from detrforge.detector.specs import parse_spec
+from detrforge.detector.sweep_specs import SweepSpec
 from detrforge.platform.errors import InvalidSpecError
 from fixtures_cluster import ApiHarness
 

@@ -1,4 +1,5 @@
-"""Dataset validation, fingerprints and the synthetic dataset (detrforge.detector.data)."""
+"""Dataset validation, fingerprints and the synthetic dataset (detrforge.detector.data,
+``dataset_checks`` and ``synthetic``)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ import pytest
 from PIL import Image
 
 from detrforge.detector.data import (
-    SPLITS,
     DatasetInfo,
     fingerprint_dataset,
     require_valid_dataset,
-    synth_dataset,
     validate_dataset,
 )
+from detrforge.detector.dataset_checks import SPLITS
+from detrforge.detector.synthetic import synth_dataset
 from detrforge.platform.errors import DatasetProblem, InvalidDatasetError, InvalidSpecError
 
 ANN = "_annotations.coco.json"
@@ -56,17 +57,20 @@ def only(problems: list[DatasetProblem]) -> DatasetProblem:
 
 def test_public_names() -> None:
     import detrforge.detector.data as data
+    import detrforge.detector.dataset_checks as dataset_checks
+    import detrforge.detector.synthetic as synthetic
 
     assert SPLITS == ("train", "valid", "test")
     assert {
         "DatasetInfo",
-        "SPLITS",
         "fingerprint_dataset",
         "require_valid_dataset",
-        "synth_dataset",
         "validate_dataset",
     } <= set(data.__all__)
-    assert all(hasattr(data, name) for name in data.__all__)
+    assert {"ANNOTATION_FILE", "SPLITS"} <= set(dataset_checks.__all__)
+    assert synthetic.__all__ == ["synth_dataset"]
+    for module in (data, dataset_checks, synthetic):
+        assert all(hasattr(module, name) for name in module.__all__)
 
 
 def test_synth_dataset_is_valid_and_described(dataset: Path) -> None:

@@ -21,13 +21,11 @@ import pytest
 
 from detrforge.detector.evaluation import STAT_NAMES
 from detrforge.detector.export import DEFAULT_OPSET, compare_outputs, export_onnx
-from detrforge.detector.inference import (
-    OnnxPredictor,
-    TorchPredictor,
-    evaluate_checkpoint,
-)
+from detrforge.detector.inference import evaluate_checkpoint
+from detrforge.detector.onnx_predictor import OnnxPredictor
+from detrforge.detector.torch_predictor import TorchPredictor
+from detrforge.platform.blobs import sha256_file
 from detrforge.platform.errors import InvalidSpecError
-from detrforge.platform.storage import sha256_file
 from fixtures_models import valid_images
 
 RES = 128

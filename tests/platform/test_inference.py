@@ -15,16 +15,14 @@ import torch
 from PIL import Image
 
 from detrforge.detector.evaluation import STAT_NAMES, format_stats_table
-from detrforge.detector.inference import (
-    Detections,
-    TorchPredictor,
-    evaluate_checkpoint,
-    label2cat_for,
+from detrforge.detector.inference import evaluate_checkpoint, label2cat_for, predict_split
+from detrforge.detector.predictor import Detections
+from detrforge.detector.processing import (
     postprocess_numpy,
-    predict_split,
     preprocess_images,
     preprocess_images_numpy,
 )
+from detrforge.detector.torch_predictor import TorchPredictor
 from detrforge.platform.errors import InvalidSpecError
 
 RES = 128

@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from detrforge.detector.inference import Detections, Predictor, RawOutputs, TorchPredictor
 from detrforge.detector.latency import LatencyStats, encode_images, measure_latency
+from detrforge.detector.predictor import Detections, Predictor, RawOutputs
+from detrforge.detector.torch_predictor import TorchPredictor
 from detrforge.platform.errors import InvalidSpecError
 
 

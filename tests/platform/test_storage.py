@@ -15,17 +15,12 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from detrforge.platform.artifact_store import ArtifactStore, StoredObject
+from detrforge.platform.blobs import blob_sha256, sha256_file
 from detrforge.platform.errors import IntegrityError, NotFoundError, StorageError
-from detrforge.platform.storage import (
-    ArtifactStore,
-    LocalArtifactStore,
-    S3ArtifactStore,
-    StoredObject,
-    blob_sha256,
-    fetch_local,
-    open_store,
-    sha256_file,
-)
+from detrforge.platform.local_store import LocalArtifactStore
+from detrforge.platform.s3_store import S3ArtifactStore
+from detrforge.platform.storage import fetch_local, open_store
 
 
 @dataclass

@@ -8,7 +8,8 @@ from pathlib import Path
 from detrforge.platform.tags import Tag
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "detrforge"
-_LITERAL = re.compile(r"[\"']detrforge\.([a-z0-9_]+)[\"']")
+# No closing quote: an f-string prefix (f"detrforge.env.{key}") is a tag name too.
+_LITERAL = re.compile(r"[\"']detrforge\.([a-z0-9_]+)")
 _MODULES = {"api", "cli", "control", "jobs", "platform", "registry"}
 
 
@@ -27,3 +28,8 @@ def test_tag_names_are_unique_and_namespaced() -> None:
     values = [v for k, v in vars(Tag).items() if k.isupper()]
     assert len(values) == len(set(values)) >= 20
     assert all(v.startswith("detrforge.") for v in values)
+
+
+def test_environment_tags_share_one_prefix() -> None:
+    assert Tag.env("torch") == "detrforge.env.torch"
+    assert Tag.env("torch").startswith(Tag.ENV_PREFIX)

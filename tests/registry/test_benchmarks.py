@@ -16,12 +16,9 @@ from sqlalchemy.exc import DBAPIError
 from detrforge.platform.db import alembic_config, upgrade_database
 from detrforge.platform.errors import InvalidSpecError, NotFoundError
 from detrforge.platform.limits import MAX_PAGE_SIZE
-from detrforge.registry.benchmarks import (
-    BENCHMARK_CSV_COLUMNS,
-    BenchmarkStore,
-    from_csv,
-    to_csv,
-)
+from detrforge.registry.benchmark_csv import from_csv, to_csv
+from detrforge.registry.benchmark_fields import BENCHMARK_CSV_COLUMNS
+from detrforge.registry.benchmarks import BenchmarkStore
 from detrforge.registry.dbmodels import SqlBenchmarkRecord
 from detrforge.registry.entities import BenchmarkRecord
 from detrforge.registry.targets import TargetStore

@@ -28,7 +28,7 @@ def data_synth(
     max_objects: int = 3,
 ) -> None:
     """Write a deterministic synthetic COCO dataset (coloured shapes)."""
-    from detrforge.detector.data import synth_dataset
+    from detrforge.detector.synthetic import synth_dataset
 
     try:
         info = synth_dataset(

@@ -17,6 +17,7 @@ from typing import Any
 
 from detrforge.detector.data import DatasetInfo, require_valid_dataset
 from detrforge.detector.specs import BenchmarkSpec, EvaluateSpec, FinetuneSpec, parse_spec
+from detrforge.platform.blobs import blob_sha256
 from detrforge.platform.errors import (
     ClusterError,
     ConflictError,
@@ -27,7 +28,7 @@ from detrforge.platform.errors import (
 from detrforge.platform.launcher import Launcher, require_capacity, require_resources
 from detrforge.platform.limits import DEFAULT_MAX_ANNOTATION_BYTES
 from detrforge.platform.sources import SourcePolicy
-from detrforge.platform.storage import blob_sha256, fetch_local, open_store
+from detrforge.platform.storage import fetch_local, open_store
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 from detrforge.registry.benchmarks import BenchmarkStore

@@ -20,6 +20,7 @@ from typing import Any
 
 from detrforge.control.jobs import JobService
 from detrforge.detector.specs import MODEL_SIZES, check_resolution, parse_spec
+from detrforge.platform.blobs import sha256_file
 from detrforge.platform.checkpoints import staged_checkpoint
 from detrforge.platform.errors import (
     ClusterError,
@@ -31,7 +32,7 @@ from detrforge.platform.errors import (
 )
 from detrforge.platform.limits import MAX_PAGE_SIZE, parse_reason
 from detrforge.platform.sources import SourcePolicy
-from detrforge.platform.storage import open_store, sha256_file
+from detrforge.platform.storage import open_store
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 from detrforge.registry.benchmarks import BenchmarkStore

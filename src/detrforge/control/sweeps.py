@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from detrforge.control.jobs import JobService, measured_fields
-from detrforge.detector.specs import SweepSpec, parse_spec
+from detrforge.detector.specs import parse_spec
+from detrforge.detector.sweep_specs import SweepSpec
 from detrforge.platform.errors import ConflictError, InvalidSpecError, NotFoundError
 from detrforge.platform.launcher import require_resources
 from detrforge.platform.tags import Tag

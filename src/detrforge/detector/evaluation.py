@@ -1,26 +1,30 @@
 """COCO bbox evaluation: pycocotools as the reference, faster-coco-eval as a proven-equal fast path.
 
-Inputs are validated and copied before either library sees them: both mutate the annotation dicts
-they are given (``ignore``, ``area``, ``id``), and both silently ignore detections whose image or
-category is not in the ground truth, which is how a label-id mix-up turns into AP ~0 unnoticed.
+Inputs are validated and copied first (:mod:`detrforge.detector.coco_inputs`): both libraries
+mutate what they are given and silently ignore detections they cannot place.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from detrforge.platform.errors import DatasetProblem, InvalidDatasetError, InvalidSpecError
+from detrforge.detector.coco_inputs import (
+    PathInput,
+    is_int,
+    load_coco_json,
+    prepare_detections,
+    prepare_ground_truth,
+)
+from detrforge.platform.errors import InvalidDatasetError, InvalidSpecError
 
 __all__ = [
     "BACKENDS",
@@ -51,10 +55,8 @@ STAT_NAMES: tuple[str, ...] = (
 BACKENDS: tuple[str, ...] = ("pycocotools", "faster")
 
 # A numpy array, a torch tensor (any device/dtype) or a nested sequence of numbers.
+# A numpy array, a torch tensor (any device/dtype) or a nested sequence of numbers.
 ArrayInput = Any
-PathInput = str | os.PathLike[str]
-
-_MAX_PROBLEMS = 20  # problems listed in an error's details; the message gives the total
 
 
 @dataclass(frozen=True)
@@ -100,203 +102,6 @@ class EvalResult:
 
 def _json_float(value: float) -> float | None:
     return None if math.isnan(value) else value
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading and validation
-
-
-def _load_json(path: PathInput, field: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise InvalidSpecError(
-            f"{field} file {os.fspath(path)!r} does not exist; check the path", field=field
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidSpecError(
-            f"{field} file {os.fspath(path)!r} is not readable JSON ({e}); pass a COCO "
-            f"{'results' if field == 'detections' else 'annotations'} JSON file",
-            field=field,
-        ) from None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_xywh(value: Any) -> bool:
-    return (
-        isinstance(value, (list, tuple))
-        and len(value) == 4
-        and all(_is_number(v) for v in value)
-        and value[2] >= 0
-        and value[3] >= 0
-    )
-
-
-def _prepare_gt(gt: Any, source: str) -> dict[str, Any]:
-    """Validate a COCO ground-truth dict and return a copy the COCO libraries may mutate."""
-    if not isinstance(gt, Mapping):
-        raise InvalidDatasetError(
-            f"annotations from {source} must be a COCO object with 'images', 'annotations' and "
-            f"'categories', got {type(gt).__name__}",
-            field="annotations",
-        )
-    problems: list[DatasetProblem] = []
-
-    def problem(field: str, message: str) -> None:
-        problems.append(DatasetProblem(file=source, field=field, message=message))
-
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(gt.get(key), list):
-            problem(key, f"'{key}' must be a list")
-    if problems:
-        _raise_dataset(problems, source)
-
-    images: list[dict[str, Any]] = []
-    for i, img in enumerate(gt["images"]):
-        if not isinstance(img, Mapping) or not _is_int(img.get("id")):
-            problem(f"images[{i}].id", "each image needs an integer 'id'")
-        else:
-            images.append({**img, "id": int(img["id"])})
-    categories: list[dict[str, Any]] = []
-    for i, cat in enumerate(gt["categories"]):
-        if not isinstance(cat, Mapping) or not _is_int(cat.get("id")):
-            problem(f"categories[{i}].id", "each category needs an integer 'id'")
-        else:
-            categories.append({**cat, "id": int(cat["id"])})
-    image_ids = {img["id"] for img in images}
-    cat_ids = {cat["id"] for cat in categories}
-
-    annotations: list[dict[str, Any]] = []
-    for i, ann in enumerate(gt["annotations"]):
-        where = f"annotations[{i}]"
-        if not isinstance(ann, Mapping):
-            problem(where, "each annotation must be an object")
-            continue
-        if ann.get("image_id") not in image_ids:
-            problem(f"{where}.image_id", f"image_id {ann.get('image_id')!r} is not in 'images'")
-            continue
-        if ann.get("category_id") not in cat_ids:
-            problem(
-                f"{where}.category_id",
-                f"category_id {ann.get('category_id')!r} is not in 'categories'",
-            )
-            continue
-        if not _is_xywh(ann.get("bbox")):
-            problem(f"{where}.bbox", "bbox must be [x, y, width, height] with width, height >= 0")
-            continue
-        bbox = [float(v) for v in ann["bbox"]]
-        area = ann.get("area")
-        # Annotation ids are renumbered 1..N: pycocotools stores the matched GT id in its match
-        # matrix and treats 0 as "unmatched", so a GT with id 0 (common in Roboflow exports) would
-        # turn its true positives into false positives; duplicate ids would collide in its index.
-        annotations.append(
-            {
-                **ann,
-                "id": len(annotations) + 1,
-                "image_id": int(ann["image_id"]),
-                "category_id": int(ann["category_id"]),
-                "bbox": bbox,
-                "area": float(area) if area is not None and _is_number(area) else bbox[2] * bbox[3],
-                "iscrowd": 1 if ann.get("iscrowd") else 0,
-            }
-        )
-    if problems:
-        _raise_dataset(problems, source)
-    return {"images": images, "annotations": annotations, "categories": categories}
-
-
-def _raise_dataset(problems: list[DatasetProblem], source: str) -> None:
-    first = problems[0]
-    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-    raise InvalidDatasetError(
-        f"annotations from {source} are not valid COCO: {first['field']}: {first['message']}{more}",
-        field="annotations",
-        details=list(problems[:_MAX_PROBLEMS]),
-    )
-
-
-def _prepare_detections(
-    detections: Any, image_ids: set[int], cat_ids: set[int]
-) -> list[dict[str, Any]]:
-    """Validate COCO result dicts and return normalized copies (the libraries mutate them)."""
-    if not isinstance(detections, (list, tuple)):
-        hint = (
-            " (this looks like a ground-truth file, not detections)"
-            if isinstance(detections, Mapping) and "annotations" in detections
-            else ""
-        )
-        raise InvalidSpecError(
-            "detections must be a list of {image_id, category_id, bbox, score} objects (the COCO "
-            f"results format), got {type(detections).__name__}{hint}",
-            field="detections",
-        )
-    problems: list[dict[str, Any]] = []
-    out: list[dict[str, Any]] = []
-    for i, det in enumerate(detections):
-        where = f"detections[{i}]"
-        if not isinstance(det, Mapping):
-            problems.append({"field": where, "message": "must be an object"})
-            continue
-        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in det]
-        if missing:
-            problems.append({"field": where, "message": f"missing {', '.join(missing)}"})
-            continue
-        image_id, category_id = det["image_id"], det["category_id"]
-        if not _is_int(image_id) or int(image_id) not in image_ids:
-            problems.append(
-                {
-                    "field": f"{where}.image_id",
-                    "message": f"image_id {image_id!r} is not an image of the ground truth; use "
-                    "the ids of the annotations file's 'images' list (the file the predictions "
-                    "were made for)",
-                }
-            )
-            continue
-        if not _is_int(category_id) or int(category_id) not in cat_ids:
-            problems.append(
-                {
-                    "field": f"{where}.category_id",
-                    "message": f"category_id {category_id!r} is not a category of the ground "
-                    f"truth (ids {sorted(cat_ids)[:10]}...); map model labels to category ids "
-                    "through the dataset's label2cat (predictions_to_coco)",
-                }
-            )
-            continue
-        if not _is_xywh(det["bbox"]):
-            problems.append(
-                {
-                    "field": f"{where}.bbox",
-                    "message": "bbox must be [x, y, width, height] in pixels, width, height >= 0",
-                }
-            )
-            continue
-        if not _is_number(det["score"]):
-            problems.append({"field": f"{where}.score", "message": "score must be a number"})
-            continue
-        out.append(
-            {
-                "image_id": int(image_id),
-                "category_id": int(category_id),
-                "bbox": [float(v) for v in det["bbox"]],
-                "score": float(det["score"]),
-            }
-        )
-    if problems:
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise InvalidSpecError(
-            f"invalid detections: {problems[0]['field']}: {problems[0]['message']}{more}",
-            field="detections",
-            details=problems[:_MAX_PROBLEMS],
-        )
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,21 +188,21 @@ def evaluate_coco(
         )
     if isinstance(gt, (str, os.PathLike)):
         source = os.fspath(gt)
-        gt = _load_json(gt, "annotations")
+        gt = load_coco_json(gt, "annotations")
     else:
         source = "<annotations dict>"
     if isinstance(detections, (str, os.PathLike)):
-        detections = _load_json(detections, "detections")
+        detections = load_coco_json(detections, "detections")
 
-    gt_copy = _prepare_gt(gt, source)
+    gt_copy = prepare_ground_truth(gt, source)
     all_image_ids = {img["id"] for img in gt_copy["images"]}
     categories = sorted(gt_copy["categories"], key=lambda c: c["id"])
-    dets = _prepare_detections(detections, all_image_ids, {c["id"] for c in categories})
+    dets = prepare_detections(detections, all_image_ids, {c["id"] for c in categories})
 
     if image_ids is None:
         img_ids = sorted(all_image_ids)
     else:
-        if isinstance(image_ids, (str, bytes)) or not all(_is_int(i) for i in image_ids):
+        if isinstance(image_ids, (str, bytes)) or not all(is_int(i) for i in image_ids):
             raise InvalidSpecError("image_ids must be a list of integers", field="image_ids")
         img_ids = sorted({int(i) for i in image_ids})
         if not img_ids:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from detrforge.detector.inference import load_inference_detector
+from detrforge.detector.torch_predictor import load_inference_detector
+from detrforge.platform.blobs import sha256_file
 from detrforge.platform.errors import InvalidSpecError
-from detrforge.platform.storage import sha256_file
 
 __all__ = ["DEFAULT_OPSET", "MIN_OPSET", "ExportResult", "compare_outputs", "export_onnx"]
 

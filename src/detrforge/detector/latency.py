@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from detrforge.detector.inference import Predictor
+from detrforge.detector.predictor import Predictor
 from detrforge.platform.errors import InvalidSpecError
 
 __all__ = ["LatencyReport", "LatencyStats", "encode_images", "measure_latency"]

@@ -57,8 +57,9 @@ def benchmark_task(spec_data: dict[str, Any], artifact_root: str, job_id: str) -
     from detrforge.detector.data import fingerprint_dataset
     from detrforge.detector.inference import evaluate_checkpoint
     from detrforge.detector.latency import measure_latency
+    from detrforge.platform.blobs import sha256_file
     from detrforge.platform.environment import capture_environment
-    from detrforge.platform.storage import fetch_local, open_store, sha256_file
+    from detrforge.platform.storage import fetch_local, open_store
 
     spec = BenchmarkSpec.model_validate(spec_data)
     cache = Path(tempfile.gettempdir()) / "detrforge-cache"
@@ -148,7 +149,7 @@ def log_benchmark_result(
         record.write_text(json.dumps({k: v for k, v in out.items() if not k.startswith("samples")}))
         tracker.log_artifact(run_id, samples, "benchmark")
         tracker.log_artifact(run_id, record, "benchmark")
-    tags = {f"detrforge.env.{k}": str(v) for k, v in out["environment"].items() if v is not None}
+    tags = {Tag.env(k): str(v) for k, v in out["environment"].items() if v is not None}
     tags[Tag.NODE_ID] = out["node_id"]
     tags[Tag.TARGET] = target
     if out["export"]:

@@ -6,9 +6,11 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from detrforge.platform.cluster import wait_for_port
@@ -18,7 +20,13 @@ from detrforge.platform.settings import Settings
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 
-__all__ = ["JobContext", "check_resources", "exit_when_cluster_gone", "run_driver"]
+__all__ = [
+    "JobContext",
+    "check_resources",
+    "exit_when_cluster_gone",
+    "ray_storage_path",
+    "run_driver",
+]
 
 # Exit code of a driver whose cluster went away under it (EX_TEMPFAIL).
 CLUSTER_GONE_EXIT = 75
@@ -36,6 +44,18 @@ class JobContext:
         self.tracking_uri = settings.resolved_tracking_uri()
         self.tracker = Tracker(self.tracking_uri, artifact_root=self.artifact_root)
         self.run_id = ""
+
+    @property
+    def workdir(self) -> Path:
+        """This job's scratch folder on the driver's node (the caller removes it)."""
+        return Path(tempfile.gettempdir()) / "detrforge-jobs" / self.job_id
+
+
+def ray_storage_path(artifact_root: str) -> str:
+    """Where Ray Train and Tune keep a run's state: ``ray/`` under the artifact root."""
+    if artifact_root.startswith("file://"):
+        return str(Path(artifact_root.removeprefix("file://")) / "ray")
+    return f"{artifact_root}/ray"
 
 
 def check_resources(wanted: dict[str, float], *, what: str, field: str) -> None:

@@ -22,8 +22,9 @@ __all__ = ["evaluate_task", "local_checkpoint", "main", "make_predictor"]
 
 def local_checkpoint(uri: str, expected_sha256: str | None, cache: Path) -> Path:
     """The checkpoint on this node, its sha256 verified when one is expected."""
+    from detrforge.platform.blobs import sha256_file
     from detrforge.platform.errors import IntegrityError
-    from detrforge.platform.storage import fetch_local, sha256_file
+    from detrforge.platform.storage import fetch_local
 
     path = Path(fetch_local(uri, cache))
     if expected_sha256 is not None:
@@ -47,7 +48,8 @@ def make_predictor(
     workdir: Path,
 ) -> tuple[Any, Path | None]:
     """A predictor for ``backend``; for ONNX Runtime also the exported ``.onnx`` file."""
-    from detrforge.detector.inference import OnnxPredictor, TorchPredictor
+    from detrforge.detector.onnx_predictor import OnnxPredictor
+    from detrforge.detector.torch_predictor import TorchPredictor
 
     if backend == "onnxruntime":
         from detrforge.detector.export import export_onnx

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from detrforge.detector.specs import FinetuneSpec
-from detrforge.jobs.driver import JobContext, check_resources, run_driver
+from detrforge.jobs.driver import JobContext, check_resources, ray_storage_path, run_driver
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 
@@ -144,12 +143,6 @@ def check_schedulable(spec: FinetuneSpec) -> None:
     check_resources(wanted, what="one training worker", field="resources_per_worker")
 
 
-def _ray_storage_path(artifact_root: str) -> str:
-    if artifact_root.startswith("file://"):
-        return str(Path(artifact_root.removeprefix("file://")) / "ray")
-    return f"{artifact_root}/ray"
-
-
 def build_trainer(
     spec: FinetuneSpec,
     *,
@@ -183,7 +176,7 @@ def build_trainer(
         run_config=RunConfig(
             # A unique name per job: reusing one would resume that old run.
             name=job_id,
-            storage_path=_ray_storage_path(artifact_root),
+            storage_path=ray_storage_path(artifact_root),
             failure_config=FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.num_checkpoints_to_keep),
         ),
@@ -193,7 +186,7 @@ def build_trainer(
 def _run(ctx: JobContext) -> dict[str, str]:
     """The driver's body: check placement, fit, clean the local scratch."""
     spec = FinetuneSpec.model_validate(ctx.spec)
-    workdir = Path(tempfile.gettempdir()) / "detrforge-jobs" / ctx.job_id
+    workdir = ctx.workdir
     started = time.monotonic()
     try:
         check_schedulable(spec)

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from detrforge.detector.specs import FinetuneSpec, SweepSpec
+from detrforge.detector.specs import FinetuneSpec
+from detrforge.detector.sweep_specs import SweepSpec
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 

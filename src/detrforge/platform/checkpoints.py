@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
+from detrforge.platform.blobs import CHUNK_SIZE
 from detrforge.platform.errors import InvalidSpecError, NotFoundError
-from detrforge.platform.storage import CHUNK_SIZE, open_store
+from detrforge.platform.storage import open_store
 
 __all__ = [
     "CHECKPOINT_SAFE_GLOBALS",

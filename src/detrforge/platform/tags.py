@@ -42,3 +42,11 @@ class Tag:
     TRIAL_STATE = "detrforge.trial_state"
     VERSION = "detrforge.version"
     WALL_S = "detrforge.wall_s"
+
+    # A benchmark run's environment: one tag per package or host fact, ``detrforge.env.<key>``.
+    ENV_PREFIX = "detrforge.env."
+
+    @staticmethod
+    def env(key: str) -> str:
+        """The tag of environment entry ``key`` (``torch`` -> ``detrforge.env.torch``)."""
+        return f"{Tag.ENV_PREFIX}{key}"

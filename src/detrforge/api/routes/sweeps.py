@@ -15,7 +15,7 @@ from detrforge.api.media import PNG_IMAGE
 from detrforge.api.pagination import JobPage, jobs_page
 from detrforge.api.schemas import JobPublic, JobsPublic
 from detrforge.control.sweeps import SweepService
-from detrforge.detector.specs import SweepSpec
+from detrforge.detector.sweep_specs import SweepSpec
 
 router = APIRouter(prefix="/api/v1/sweeps", tags=["sweeps"], responses=ERROR_RESPONSES)
 
