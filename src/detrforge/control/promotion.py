@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from detrforge.control.mirror import MlflowMirror
 from detrforge.platform.errors import ConflictError, DetrforgeError, PermissionDeniedError
 from detrforge.platform.storage import open_store, sha256_file
 from detrforge.registry.entities import (
@@ -52,6 +51,7 @@ __all__ = [
     "EvidenceResult",
     "EvidenceRunner",
     "PromotionService",
+    "StageMirror",
     "check_transition",
     "integrity_gate",
     "plan",
@@ -204,6 +204,12 @@ class EvidenceRunner(Protocol):
         ...
 
 
+class StageMirror(Protocol):
+    """Told after every finished promotion (``control.mirror.MlflowMirror`` in the API)."""
+
+    def sync(self, name: str) -> bool: ...
+
+
 def find(
     evidence: Sequence[EvidenceResult],
     role: EvidenceRole,
@@ -329,7 +335,7 @@ class PromotionService:
 
     store: PromotionStore
     runner: EvidenceRunner
-    mirror: MlflowMirror
+    mirror: StageMirror
     failpoints: frozenset[str] = frozenset()
     wake: threading.Event = field(default_factory=threading.Event)
     _advance_lock: threading.Lock = field(default_factory=threading.Lock)
