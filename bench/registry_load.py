@@ -12,7 +12,7 @@ PostgreSQL database each, dropped at the end):
 
 Both registries hold ``--models`` models x ``--versions`` versions with the same version of each
 model in production (``1 + 7 * i % versions``, so not always the latest). Ours is populated
-through ``ModelRegistry`` directly (register, then request/update/finish a passing promotion)
+through the registry stores directly (register, then request/update/finish a passing promotion)
 before its server starts; MLflow's through ``MlflowClient`` over REST, one model per thread
 (``create_registered_model``, ``create_model_version`` with an ``s3://`` source, since MLflow
 refuses local sources without a run, and ``set_registered_model_alias``).
@@ -183,17 +183,19 @@ def wait_healthy(name: str, url: str, log_path: Path) -> float:
 
 # -- population ----------------------------------------------------------------------------------
 def populate_ours(url: str, models: int, versions: int) -> tuple[str, float]:
-    """Fill our registry directly through ``ModelRegistry``; returns a viewer key and seconds."""
+    """Fill our registry directly through its stores; returns a viewer key and seconds."""
     from detrforge.platform.db import make_engine, make_session_factory, upgrade_database
     from detrforge.registry.entities import PromotionState, Role
     from detrforge.registry.keys import KeyStore
-    from detrforge.registry.models import ModelRegistry
+    from detrforge.registry.models import ModelStore
+    from detrforge.registry.promotions import PromotionStore
 
     upgrade_database(url)
     engine = make_engine(url)
     try:
         sessions = make_session_factory(engine)
-        registry = ModelRegistry(sessions)
+        registry = ModelStore(sessions)
+        promotions = PromotionStore(sessions)
         start = time.perf_counter()
         for i in range(models):
             name = model_name(i)
@@ -210,13 +212,11 @@ def populate_ours(url: str, models: int, versions: int) -> tuple[str, float]:
                     params={"lr": 5e-4},
                     actor=ACTOR,
                 )
-            promotion = registry.request_promotion(
+            promotion = promotions.request(
                 name, production_version(i, versions), "production", actor=ACTOR, reason="bench"
             )
-            registry.update_promotion(promotion.id, state=PromotionState.running)
-            registry.finish_promotion(
-                promotion.id, gate_results=[], passed=True, message="bench: no gates"
-            )
+            promotions.update(promotion.id, state=PromotionState.running)
+            promotions.finish(promotion.id, gate_results=[], passed=True, message="bench: no gates")
         seconds = time.perf_counter() - start
         _, secret = KeyStore(sessions).create(name="bench-viewer", role=Role.viewer)
         return secret, seconds
@@ -447,7 +447,7 @@ def main() -> int:
             secret, ours_fill_s = populate_ours(ours_url, args.models, args.versions)
             print(
                 f"populate: ours {args.models * args.versions} versions + "
-                f"{args.models} promotions via ModelRegistry in {ours_fill_s:.1f} s"
+                f"{args.models} promotions via the registry stores in {ours_fill_s:.1f} s"
             )
 
             ours_port, mlflow_port = free_port(), free_port()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,12 @@ from detrforge.platform.db import (
     normalize_url,
     upgrade_database,
 )
+from detrforge.registry.audit import AuditLog
 from detrforge.registry.benchmarks import BenchmarkStore
 from detrforge.registry.jobs import JobStore
 from detrforge.registry.keys import KeyStore
-from detrforge.registry.models import ModelRegistry
+from detrforge.registry.models import ModelStore
+from detrforge.registry.promotions import PromotionStore
 from detrforge.registry.targets import TargetStore
 
 POSTGRES_URL_VARIABLE = "DETRFORGE_TEST_DATABASE_URL"
@@ -110,6 +113,19 @@ def benchmark_store(session_factory: sessionmaker[Session]) -> BenchmarkStore:
     return BenchmarkStore(session_factory)
 
 
+@dataclass(frozen=True)
+class RegistryStores:
+    """The three registry stores over one database, as the control layer holds them."""
+
+    models: ModelStore
+    promotions: PromotionStore
+    audit: AuditLog
+
+
 @pytest.fixture
-def model_registry(session_factory: sessionmaker[Session]) -> ModelRegistry:
-    return ModelRegistry(session_factory)
+def registry_stores(session_factory: sessionmaker[Session]) -> RegistryStores:
+    return RegistryStores(
+        models=ModelStore(session_factory),
+        promotions=PromotionStore(session_factory),
+        audit=AuditLog(session_factory),
+    )

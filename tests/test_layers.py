@@ -58,3 +58,23 @@ def test_the_walk_sees_every_package() -> None:
     assert packages - set(FORBIDDEN) <= {"cli"}, "a new package needs its rules here"
     assert len(_modules("api")) > 10 and len(_modules("platform")) > 10
     assert len(_modules("control")) >= 3 and len(_modules("detector")) >= 8
+
+
+def _detrforge_modules(path: Path) -> set[str]:
+    """The full ``detrforge.*`` module names ``path`` imports."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {name for name in names if name.startswith("detrforge.")}
+
+
+def test_the_promotion_machine_knows_only_stores_gates_and_its_runner_protocol() -> None:
+    # The walk from route to commit goes down only: promotion.py never reaches sideways into
+    # the job service or the cluster; it asks its EvidenceRunner (evidence.py implements it).
+    imports = _detrforge_modules(SRC / "control" / "promotion.py")
+    assert not {m for m in imports if m.startswith("detrforge.control.")}, imports
+    assert not {m for m in imports if m.startswith("detrforge.platform.launcher")}, imports
+    assert "detrforge.control.promotion" in _detrforge_modules(SRC / "control" / "evidence.py")

@@ -368,3 +368,44 @@ def test_audit_csv_export(model_api: ApiHarness, nano_checkpoint: Path) -> None:
         "promotion.apply",
     ]
     assert rows[3]["before"] == "production=none" and rows[3]["after"] == "production=v1"
+
+
+def test_twenty_concurrent_requests_while_one_promotion_stays_active(
+    model_api: ApiHarness, nano_checkpoint: Path, shapes_dataset: Path
+) -> None:
+    _register(model_api, nano_checkpoint)
+    # The gates need an evaluation and the cluster is unreachable: the winner stays active.
+    policy = {"eval": {"dataset": str(shapes_dataset)}, "ap_floor": 0.1}
+    response = model_api.client.put(
+        f"/api/v1/models/{MODEL}/policy", json=policy, headers=model_api.headers(Role.approver)
+    )
+    assert response.status_code == 200, response.text
+    barrier = threading.Barrier(20)
+    responses: list[Any] = []
+
+    def promote() -> None:
+        barrier.wait()
+        responses.append(
+            _post(model_api, f"/models/{MODEL}/versions/1/promotions", {"to": "production"})
+        )
+
+    threads = [threading.Thread(target=promote) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(r.status_code for r in responses) == [202] + [409] * 19
+    [winner] = [r.json() for r in responses if r.status_code == 202]
+    for refused in (r.json() for r in responses if r.status_code == 409):
+        assert refused["code"] == "CONFLICT"
+        assert refused["details"][0]["promotion_id"] == winner["id"]
+        assert refused["message"].startswith(
+            f"model '{MODEL}' already has promotion {winner['id']} "
+        ), refused
+        assert "(v1 to production); wait for it to finish" in refused["message"]
+    assert _get(model_api, f"/promotions/{winner['id']}")["state"] == "running"
+    promotions = _get(model_api, f"/models/{MODEL}/promotions")["items"]
+    assert [p["id"] for p in promotions] == [winner["id"]]
+    events = _get(model_api, "/audit", model=MODEL, action="promotion.", limit=100)["items"]
+    assert sorted(e["action"] for e in events) == ["promotion.reject"] * 19 + ["promotion.request"]

@@ -23,8 +23,10 @@ from mlflow import MlflowClient
 
 from detrforge.platform.cluster import LocalRayHead
 from detrforge.platform.db import make_engine, make_session_factory
+from detrforge.registry.audit import AuditLog
 from detrforge.registry.entities import PromotionState, Role, Stage
-from detrforge.registry.models import ModelRegistry
+from detrforge.registry.models import ModelStore
+from detrforge.registry.promotions import PromotionStore
 from fixtures_cluster import (
     DATA_ROOTS,
     ApiHarness,
@@ -325,8 +327,9 @@ def test_api_killed_between_gates_and_commit_recovers(
     assert server.process.wait(timeout=300) == 86  # died at the failpoint, mid-transaction
 
     engine = make_engine(server.database_url)
-    registry = ModelRegistry(make_session_factory(engine))
-    interrupted = registry.get_promotion(second["id"])
+    sessions = make_session_factory(engine)
+    registry, promotions = ModelStore(sessions), PromotionStore(sessions)
+    interrupted = promotions.get(second["id"])
     assert interrupted.state == PromotionState.running and interrupted.gate_results == []
     assert registry.get_version("crash", 1).stage == Stage.production
     assert registry.get_version("crash", 2).stage == Stage.none
@@ -338,6 +341,6 @@ def test_api_killed_between_gates_and_commit_recovers(
     assert [g["gate"] for g in final["gate_results"]] == ["integrity", "p95_sla"]
     assert registry.get_version("crash", 2).stage == Stage.production
     assert registry.get_version("crash", 1).stage == Stage.archived
-    events, _ = registry.audit(model_name="crash", request_id=second["request_id"])
+    events, _ = AuditLog(sessions).list(model_name="crash", request_id=second["request_id"])
     assert [e.action for e in events] == ["promotion.request", "promotion.apply"]
     engine.dispose()

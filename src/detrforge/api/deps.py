@@ -10,10 +10,12 @@ from fastapi import Depends, Header, Request
 
 from detrforge.api.readiness import Readiness
 from detrforge.control.jobs import JobService
-from detrforge.control.registry import RegistryService
+from detrforge.control.promotion import PromotionService
 from detrforge.control.sweeps import SweepService
+from detrforge.control.versions import VersionService
 from detrforge.platform.errors import PermissionDeniedError, UnauthenticatedError
 from detrforge.platform.settings import Settings
+from detrforge.registry.audit import AuditLog
 from detrforge.registry.benchmarks import BenchmarkStore
 from detrforge.registry.entities import ApiKey, Role
 from detrforge.registry.keys import KeyStore
@@ -40,7 +42,9 @@ class Services:
     jobs: JobService
     targets: TargetStore
     benchmarks: BenchmarkStore
-    models: RegistryService
+    versions: VersionService
+    promotions: PromotionService
+    audit: AuditLog
     readiness: Readiness
     sweeps: SweepService
 

@@ -23,19 +23,24 @@ from detrforge.api.routes import evaluations, finetune, health, keys
 from detrforge.api.routes import models as model_routes
 from detrforge.api.routes import sweeps as sweep_routes
 from detrforge.api.routes import targets as target_routes
+from detrforge.control.evidence import JobEvidenceRunner
 from detrforge.control.jobs import JobService
-from detrforge.control.registry import RegistryService
+from detrforge.control.mirror import MlflowMirror
+from detrforge.control.promotion import PromotionService
 from detrforge.control.sweeps import SweepService
+from detrforge.control.versions import VersionService
 from detrforge.platform.cluster import ray_client_env
 from detrforge.platform.db import make_engine, make_session_factory, upgrade_database
 from detrforge.platform.launcher import Launcher
 from detrforge.platform.settings import Settings
 from detrforge.platform.sources import SourcePolicy
 from detrforge.platform.tracking import Tracker
+from detrforge.registry.audit import AuditLog
 from detrforge.registry.benchmarks import BenchmarkStore
 from detrforge.registry.jobs import JobStore
 from detrforge.registry.keys import KeyStore
-from detrforge.registry.models import ModelRegistry
+from detrforge.registry.models import ModelStore
+from detrforge.registry.promotions import PromotionStore
 from detrforge.registry.targets import TargetStore
 
 __all__ = ["build_services", "create_app", "job_env"]
@@ -98,15 +103,21 @@ def build_services(settings: Settings) -> Services:
         schedule_timeout_s=settings.schedule_timeout_s,
         max_annotation_bytes=settings.max_annotation_bytes,
     )
-    models = RegistryService(
-        registry=ModelRegistry(sessions),
+    model_store = ModelStore(sessions)
+    mirror = MlflowMirror(store=model_store, tracker=tracker)
+    versions = VersionService(
+        store=model_store,
         jobs=jobs,
-        benchmarks=benchmarks,
-        tracker=tracker,
+        mirror=mirror,
         cache_dir=settings.resolved_home() / "cache",
         sources=sources,
         max_checkpoint_bytes=settings.max_checkpoint_bytes,
         checkpoint_load_timeout_s=settings.checkpoint_load_timeout_s,
+    )
+    promotions = PromotionService(
+        store=PromotionStore(sessions),
+        runner=JobEvidenceRunner(jobs=jobs, benchmarks=benchmarks),
+        mirror=mirror,
         failpoints=frozenset(f for f in settings.failpoints.split(",") if f),
     )
     sweeps = SweepService(jobs)
@@ -118,7 +129,9 @@ def build_services(settings: Settings) -> Services:
         jobs=jobs,
         targets=targets,
         benchmarks=benchmarks,
-        models=models,
+        versions=versions,
+        promotions=promotions,
+        audit=AuditLog(sessions),
         readiness=Readiness(
             engine=engine, launcher=launcher, tracker=tracker, artifact_root=artifact_root
         ),
@@ -133,17 +146,6 @@ def _reconcile_forever(services: Services, stop: threading.Event) -> None:
         except Exception:  # noqa: BLE001 - the loop must survive a flaky cluster or tracker
             log.exception("reconcile pass failed")
         stop.wait(services.settings.reconcile_interval_s)
-
-
-def _promote_forever(services: Services, stop: threading.Event) -> None:
-    """Advance active promotions: woken by a new request, else every reconcile interval."""
-    while not stop.is_set():
-        try:
-            services.models.advance_all()
-        except Exception:  # noqa: BLE001 - the loop must survive a flaky cluster or tracker
-            log.exception("promotion pass failed")
-        services.models.wake.wait(services.settings.reconcile_interval_s)
-        services.models.wake.clear()
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -188,7 +190,11 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             target=_reconcile_forever, args=(services, stop), name="reconciler", daemon=True
         )
         promoter = threading.Thread(
-            target=_promote_forever, args=(services, stop), name="promoter", daemon=True
+            target=services.promotions.run_forever,
+            args=(stop,),
+            kwargs={"interval_s": settings.reconcile_interval_s},
+            name="promoter",
+            daemon=True,
         )
         worker.start()
         promoter.start()
@@ -196,7 +202,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             yield
         finally:
             stop.set()
-            services.models.wake.set()
+            services.promotions.wake.set()
             worker.join(timeout=10)
             promoter.join(timeout=10)
 

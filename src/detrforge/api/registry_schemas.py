@@ -7,8 +7,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from detrforge.detector.specs import MAX_RESOLUTION, MIN_RESOLUTION, ModelSize
-from detrforge.platform.limits import MAX_NAME_LENGTH, ClassNames, Description, Name, Reason, Uri
+from detrforge.control.versions import VersionRequest
+from detrforge.detector.specs import MAX_RESOLUTION, MIN_RESOLUTION, ModelSize, parse_spec
+from detrforge.platform.errors import InvalidSpecError
+from detrforge.platform.limits import (
+    MAX_NAME_LENGTH,
+    ClassNames,
+    Description,
+    Name,
+    Reason,
+    Uri,
+    parse_reason,
+)
+from detrforge.registry.gates import GatePolicy
 from detrforge.registry.models import MODEL_NAME_PATTERN
 
 __all__ = [
@@ -26,6 +37,7 @@ __all__ = [
     "VersionCreate",
     "VersionPublic",
     "VersionsPublic",
+    "parse_policy",
 ]
 
 
@@ -64,6 +76,31 @@ class VersionCreate(_Request):
     resolution: int | None = Field(default=None, ge=MIN_RESOLUTION, le=MAX_RESOLUTION)
     class_names: ClassNames | None = None
     description: Description = ""
+
+    def to_request(self) -> VersionRequest:
+        """The validated body as the control layer takes it."""
+        return VersionRequest(
+            job_id=self.job_id,
+            checkpoint=self.checkpoint,
+            checkpoint_sha256=self.checkpoint_sha256,
+            model_size=self.model_size,
+            resolution=self.resolution,
+            class_names=tuple(self.class_names or ()),
+            description=self.description,
+        )
+
+
+def parse_policy(body: object) -> tuple[GatePolicy, str | None]:
+    """A ``PUT .../policy`` body: the gate policy and the ``reason`` sent along with it.
+
+    Parsed by hand rather than as a route model so a bad field is named the way every spec
+    names it (``parse_spec``).
+    """
+    if not isinstance(body, dict):
+        raise InvalidSpecError("the policy must be a JSON object", field=None)
+    fields = dict(body)
+    reason = parse_reason(fields.pop("reason", None))
+    return parse_spec(GatePolicy, fields), reason
 
 
 class ModelPublic(_FromEntity):

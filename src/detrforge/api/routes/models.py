@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Query
 from fastapi.responses import PlainTextResponse
 
 from detrforge.api.bodies import json_body
-from detrforge.api.deps import Approver, Operator, RequestId, ServicesDep, Viewer
+from detrforge.api.deps import Approver, Operator, RequestId, Services, ServicesDep, Viewer
 from detrforge.api.errors import ERROR_RESPONSES
 from detrforge.api.media import CSV_EXPORT
 from detrforge.api.params import PageLimit, PageOffset, QueryText, QueryTime, VersionNumber
@@ -26,6 +26,7 @@ from detrforge.api.registry_schemas import (
     VersionCreate,
     VersionPublic,
     VersionsPublic,
+    parse_policy,
 )
 from detrforge.registry.entities import RegisteredModel, Stage
 from detrforge.registry.gates import GatePolicy
@@ -33,11 +34,11 @@ from detrforge.registry.gates import GatePolicy
 router = APIRouter(prefix="/api/v1", tags=["registry"], responses=ERROR_RESPONSES)
 
 
-def _model(services: Any, model: RegisteredModel) -> ModelPublic:
+def _model(services: Services, model: RegisteredModel) -> ModelPublic:
     public = ModelPublic.model_validate(model)
-    registry = services.models.registry
-    production = registry.version_in_stage(model.name, Stage.production)
-    staging = registry.version_in_stage(model.name, Stage.staging)
+    store = services.versions.store
+    production = store.version_in_stage(model.name, Stage.production)
+    staging = store.version_in_stage(model.name, Stage.staging)
     public.production_version = production.version if production else None
     public.staging_version = staging.version if staging else None
     return public
@@ -48,7 +49,7 @@ def create_model(
     body: ModelCreate, services: ServicesDep, key: Operator, request_id: RequestId
 ) -> ModelPublic:
     """Create a registered model (mirrored as an MLflow registered model)."""
-    model = services.models.create_model(
+    model = services.versions.create_model(
         body.name, description=body.description, principal=key, request_id=request_id
     )
     return _model(services, model)
@@ -62,7 +63,7 @@ def list_models(
     offset: PageOffset = 0,
 ) -> ModelsPublic:
     """Registered models by name."""
-    models, total = services.models.registry.list_models(limit=limit, offset=offset)
+    models, total = services.versions.store.list_models(limit=limit, offset=offset)
     items = [_model(services, m) for m in models]
     return ModelsPublic(items=items, total=total, limit=limit, offset=offset)
 
@@ -70,7 +71,7 @@ def list_models(
 @router.get("/models/{name}", response_model=ModelPublic)
 def get_model(name: str, services: ServicesDep, _: Viewer) -> ModelPublic:
     """One model: its gate policy and which versions hold staging and production."""
-    return _model(services, services.models.registry.get_model(name))
+    return _model(services, services.versions.store.get_model(name))
 
 
 @router.put(
@@ -86,14 +87,17 @@ def set_policy(
     request_id: RequestId,
 ) -> ModelPublic:
     """Set the gate policy: eval set, AP floor, max AP drop, per-target p95 ratio and SLA."""
-    model = services.models.set_policy(name, body, principal=key, request_id=request_id)
+    policy, reason = parse_policy(body)
+    model = services.versions.set_policy(
+        name, policy, reason=reason, principal=key, request_id=request_id
+    )
     return _model(services, model)
 
 
 @router.get("/models/{name}/policy")
 def get_policy(name: str, services: ServicesDep, _: Viewer) -> dict[str, Any]:
     """The gate policy (``{}`` when none is set: promotions then pass without checks)."""
-    return services.models.registry.get_model(name).policy or {}
+    return services.versions.store.get_model(name).policy or {}
 
 
 @router.post("/models/{name}/versions", response_model=VersionPublic, status_code=201)
@@ -106,8 +110,9 @@ def register_version(
 ) -> VersionPublic:
     """Register a version from ``job_id`` (a SUCCEEDED fine-tune) or ``checkpoint`` + size +
     resolution; the stored bytes' sha256 is verified."""
-    fields = body.model_dump(exclude_unset=True)
-    version = services.models.register_version(name, fields, principal=key, request_id=request_id)
+    version = services.versions.register_version(
+        name, body.to_request(), principal=key, request_id=request_id
+    )
     return VersionPublic.model_validate(version)
 
 
@@ -128,7 +133,7 @@ def register_trial(
     """Register one sweep trial as a version of ``model``, with lineage to the sweep, the trial
     and its MLflow run (the weights' sha256 is verified)."""
     source = services.sweeps.trial_source(job_id, trial_id)
-    version = services.models.register_trial(
+    version = services.versions.register_trial(
         body.model, source, description=body.description, principal=key, request_id=request_id
     )
     return VersionPublic.model_validate(version)
@@ -142,7 +147,7 @@ def list_versions(
     stage: Annotated[Stage | None, Query()] = None,
 ) -> VersionsPublic:
     """The model's versions, newest first."""
-    versions = services.models.registry.list_versions(name, stage=stage)
+    versions = services.versions.store.list_versions(name, stage=stage)
     return VersionsPublic(items=[VersionPublic.model_validate(v) for v in versions])
 
 
@@ -151,7 +156,7 @@ def get_version(
     name: str, version: VersionNumber, services: ServicesDep, _: Viewer
 ) -> VersionPublic:
     """One version with its lineage and stage."""
-    return VersionPublic.model_validate(services.models.registry.get_version(name, version))
+    return VersionPublic.model_validate(services.versions.store.get_version(name, version))
 
 
 @router.get("/models/{name}/aliases/{alias}", response_model=VersionPublic)
@@ -161,7 +166,7 @@ def get_alias(
     """The version holding ``production`` (or ``staging``): what a serving fleet asks for."""
     from detrforge.platform.errors import NotFoundError
 
-    version = services.models.registry.version_in_stage(name, Stage(alias))
+    version = services.versions.store.version_in_stage(name, Stage(alias))
     if version is None:
         raise NotFoundError(f"model {name!r} has no {alias} version", field="alias")
     return VersionPublic.model_validate(version)
@@ -182,7 +187,7 @@ def request_promotion(
 ) -> PromotionPublic:
     """Ask to promote a version: 202 with the promotion id at once; the gates run in the
     background (staging needs operator, production needs approver)."""
-    promotion = services.models.request_promotion(
+    promotion = services.promotions.request(
         name, version, to=Stage(body.to), reason=body.reason, principal=key, request_id=request_id
     )
     return PromotionPublic.model_validate(promotion)
@@ -191,14 +196,14 @@ def request_promotion(
 @router.get("/models/{name}/promotions", response_model=PromotionsPublic)
 def list_promotions(name: str, services: ServicesDep, _: Viewer) -> PromotionsPublic:
     """The model's promotions, newest first, with their gate results."""
-    promotions = services.models.registry.list_promotions(name)
+    promotions = services.promotions.store.list(name)
     return PromotionsPublic(items=[PromotionPublic.model_validate(p) for p in promotions])
 
 
 @router.get("/promotions/{promotion_id}", response_model=PromotionPublic)
 def get_promotion(promotion_id: str, services: ServicesDep, _: Viewer) -> PromotionPublic:
     """One promotion: state, evidence jobs and every gate check with its figures."""
-    return PromotionPublic.model_validate(services.models.promotion(promotion_id))
+    return PromotionPublic.model_validate(services.promotions.get(promotion_id))
 
 
 @router.post("/models/{name}/rollback", response_model=VersionPublic)
@@ -210,7 +215,7 @@ def rollback(
     request_id: RequestId,
 ) -> VersionPublic:
     """Re-point production to the previous production version, without gates; audited."""
-    version = services.models.rollback(
+    version = services.versions.rollback(
         name, reason=body.reason, principal=key, request_id=request_id
     )
     return VersionPublic.model_validate(version)
@@ -232,7 +237,7 @@ def audit(
 ) -> AuditEventsPublic | PlainTextResponse:
     """The audit log, oldest first: who, when, action, model, version, before, after, reason,
     request id. ``format=csv`` exports the page as CSV."""
-    events, total = services.models.registry.audit(
+    events, total = services.audit.list(
         model_name=model,
         action=action,
         actor=actor,
@@ -243,6 +248,6 @@ def audit(
         offset=offset,
     )
     if format == "csv":
-        return PlainTextResponse(services.models.registry.to_csv(events), media_type="text/csv")
+        return PlainTextResponse(services.audit.to_csv(events), media_type="text/csv")
     items = [AuditEventPublic.model_validate(e) for e in events]
     return AuditEventsPublic(items=items, total=total, limit=limit, offset=offset)

@@ -1,0 +1,228 @@
+"""The evidence runner promotions use: evaluate and benchmark jobs on the cluster.
+
+``JobEvidenceRunner`` answers an ``EvidenceNeed`` by reusing an earlier result when one measures
+exactly the same thing (an evaluation of the same bytes on the same pinned set; a baseline
+benchmark under the same pins as the candidate's), else by submitting the job; it reads a
+submitted job back once it ends. The promotion state machine (``promotion.py``) decides what it
+needs and what the figures mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from detrforge.control.jobs import JobService
+from detrforge.control.promotion import (
+    ClusterBusy,
+    EvidenceFailed,
+    EvidenceNeed,
+    EvidenceResult,
+)
+from detrforge.platform.errors import ClusterError, DetrforgeError
+from detrforge.platform.limits import MAX_PAGE_SIZE
+from detrforge.registry.benchmarks import BenchmarkStore
+from detrforge.registry.entities import (
+    BenchmarkRecord,
+    Job,
+    JobState,
+    ModelVersion,
+    SystemPrincipal,
+)
+from detrforge.registry.gates import AP_METRIC, GatePolicy
+
+__all__ = ["ENV_PIN_KEYS", "JobEvidenceRunner"]
+
+# A baseline latency is reused only when it was measured under the same pins as the candidate's.
+ENV_PIN_KEYS = (
+    "detrforge",
+    "rfdetr",
+    "torch",
+    "torchvision",
+    "onnxruntime",
+    "python",
+    "cpu_model",
+    "gpu_name",
+    "driver",
+    "cuda",
+    "cudnn",
+)
+
+
+@dataclass
+class JobEvidenceRunner:
+    """Evidence from evaluate/benchmark jobs (``EvidenceRunner`` for ``PromotionService``)."""
+
+    jobs: JobService
+    benchmarks: BenchmarkStore
+
+    def start(
+        self,
+        need: EvidenceNeed,
+        version: ModelVersion,
+        *,
+        policy: GatePolicy,
+        promotion_id: str,
+        reference: EvidenceResult | None,
+    ) -> EvidenceResult:
+        """Reuse a result that already answers ``need``, or submit the job that will."""
+        actor = SystemPrincipal(f"promotion:{promotion_id}")
+        checkpoint = {
+            "checkpoint": version.checkpoint_uri,
+            "checkpoint_sha256": version.checkpoint_sha256,
+            "model_size": version.model_size,
+            "resolution": version.resolution,
+        }
+        try:
+            if need.kind == "evaluate":
+                if policy.eval is None:
+                    raise EvidenceFailed("the policy needs AP but pins no eval set")
+                reused = self._reusable_evaluation(version, policy)
+                if reused is not None:
+                    return _ap_result(need, version.version, reused, reused=True)
+                job = self.jobs.submit_evaluation(
+                    {
+                        **checkpoint,
+                        "dataset": policy.eval.dataset,
+                        "split": policy.eval.split,
+                        "backend": policy.eval.backend,
+                    },
+                    principal=actor,
+                )
+            else:
+                assert need.target is not None
+                if need.role == "baseline" and reference is not None:
+                    record = self._reusable_benchmark(version, need.target, reference)
+                    if record is not None:
+                        return _p95_result(need, version.version, record, reused=True)
+                job = self.jobs.submit_benchmark(
+                    {
+                        **checkpoint,
+                        "target": need.target,
+                        "runs": policy.benchmark_runs,
+                        "warmup": policy.benchmark_warmup,
+                        "model_name": version.model_name,
+                        "model_version": version.version,
+                    },
+                    principal=actor,
+                )
+        except ClusterError as exc:
+            raise ClusterBusy(exc.message) from None
+        except DetrforgeError as exc:
+            raise EvidenceFailed(
+                f"could not start the {need.describe(version.version)}: {exc.message}"
+            ) from None
+        return EvidenceResult(need=need, version=version.version, state="submitted", job_id=job.id)
+
+    def read(self, result: EvidenceResult, *, policy: GatePolicy) -> EvidenceResult:
+        """Reconcile the result's job: still running, or done with its figure."""
+        if result.done or result.job_id is None:
+            return result
+        job = self.jobs.reconcile(result.job_id)
+        if job.state == JobState.SUCCEEDED:
+            if result.need.kind == "evaluate":
+                pinned = policy.eval.fingerprint if policy.eval else None
+                if job.dataset_fingerprint != pinned:
+                    raise EvidenceFailed(
+                        f"the eval set changed since the policy was set (fingerprint "
+                        f"{job.dataset_fingerprint}, pinned {pinned}); set the policy again "
+                        "to accept the new set"
+                    )
+                return _ap_result(result.need, result.version, job, reused=result.reused)
+            record = self.benchmarks.get_by_job(job.id)
+            if record is None:
+                raise EvidenceFailed(f"benchmark job {job.id} left no record")
+            return _p95_result(result.need, result.version, record, reused=result.reused)
+        if job.is_terminal:
+            raise EvidenceFailed(
+                f"the {result.need.kind} job {job.id} of v{result.version} ({result.need.role}) "
+                f"ended {job.state.value}: {job.error or 'no error recorded'}"
+            )
+        return EvidenceResult(
+            need=result.need,
+            version=result.version,
+            state=job.state.value.lower(),
+            job_id=job.id,
+        )
+
+    def _reusable_evaluation(self, version: ModelVersion, policy: GatePolicy) -> Job | None:
+        """A finished evaluation of the same bytes on the same pinned set, if any."""
+        assert policy.eval is not None
+        for job in self._succeeded("evaluate"):
+            spec: dict[str, Any] = job.spec
+            if (
+                spec.get("checkpoint_sha256") == version.checkpoint_sha256
+                and spec.get("dataset") == policy.eval.dataset
+                and spec.get("split") == policy.eval.split
+                and spec.get("backend") == policy.eval.backend
+                and job.dataset_fingerprint == policy.eval.fingerprint
+                and AP_METRIC in job.metrics
+            ):
+                return job
+        return None
+
+    def _succeeded(self, kind: str) -> Iterator[Job]:
+        """Every SUCCEEDED job of ``kind``, newest first, a page at a time."""
+        offset = 0
+        while True:
+            page, total = self.jobs.job_store.list(
+                kind=kind, state=JobState.SUCCEEDED, limit=MAX_PAGE_SIZE, offset=offset
+            )
+            yield from page
+            offset += len(page)
+            if not page or offset >= total:
+                return
+
+    def _reusable_benchmark(
+        self, version: ModelVersion, target: str, reference: EvidenceResult
+    ) -> BenchmarkRecord | None:
+        """The newest record of ``version`` on ``target`` measured like ``reference``'s."""
+        if reference.record_id is None:
+            return None
+        measured = self.benchmarks.get(reference.record_id)
+        records, _ = self.benchmarks.list(
+            checkpoint_sha256=version.checkpoint_sha256, target=target, limit=100
+        )
+        for record in records:
+            same_run = (
+                record.backend == measured.backend
+                and record.precision == measured.precision
+                and record.resolution == version.resolution
+                and record.batch_size == measured.batch_size
+                and record.threads == measured.threads
+            )
+            pins = all(
+                record.environment.get(key) == measured.environment.get(key) for key in ENV_PIN_KEYS
+            )
+            if same_run and pins:
+                return record
+        return None
+
+
+def _ap_result(need: EvidenceNeed, version: int, job: Job, *, reused: bool) -> EvidenceResult:
+    return EvidenceResult(
+        need=need,
+        version=version,
+        state="done",
+        job_id=job.id,
+        ap=float(job.metrics[AP_METRIC]),
+        mlflow_run_id=job.mlflow_run_id,
+        reused=reused,
+    )
+
+
+def _p95_result(
+    need: EvidenceNeed, version: int, record: BenchmarkRecord, *, reused: bool
+) -> EvidenceResult:
+    return EvidenceResult(
+        need=need,
+        version=version,
+        state="done",
+        job_id=record.job_id,
+        record_id=record.id,
+        p95_ms=record.p95_ms,
+        mlflow_run_id=record.mlflow_run_id,
+        node_id=record.node_id,
+        reused=reused,
+    )

@@ -1,0 +1,448 @@
+"""The promotion state machine on the real stores (SQLite and PostgreSQL), with an evidence runner
+that returns chosen figures: every path from request to the one committing transaction."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from detrforge.control.promotion import (
+    ClusterBusy,
+    EvidenceFailed,
+    EvidenceNeed,
+    EvidenceResult,
+    PromotionService,
+    check_transition,
+    plan,
+)
+from detrforge.platform.errors import ConflictError, PermissionDeniedError
+from detrforge.registry.entities import (
+    ApiKey,
+    ModelVersion,
+    Promotion,
+    PromotionState,
+    Role,
+    Stage,
+)
+from detrforge.registry.gates import GatePolicy
+from fixtures_db import RegistryStores
+
+ACTOR = "key:test-approver"
+MODEL = "shelf"
+EVAL = {"dataset": "/data/shelf", "fingerprint": "f" * 64}
+
+
+@dataclass
+class FakeRunner:
+    """Evidence with chosen figures: ``ap[version]``, ``p95[(version, target)]``.
+
+    Starts submit a job (``job-<kind>-v<version>``) that is done on its first read, unless the
+    cluster is ``busy`` (that many starts refused) or the need is in ``fail``.
+    """
+
+    ap: dict[int, float] = field(default_factory=dict)
+    p95: dict[tuple[int, str], float] = field(default_factory=dict)
+    busy: int = 0
+    fail: set[tuple[str, str]] = field(default_factory=set)
+    reuse_baseline: bool = False
+    # Jobs stay submitted when read (an API that dies before they end).
+    hold: bool = False
+    started: list[tuple[str, str, str | None, int]] = field(default_factory=list)
+    references: list[EvidenceResult | None] = field(default_factory=list)
+
+    def start(
+        self,
+        need: EvidenceNeed,
+        version: ModelVersion,
+        *,
+        policy: GatePolicy,
+        promotion_id: str,
+        reference: EvidenceResult | None,
+    ) -> EvidenceResult:
+        if self.busy:
+            self.busy -= 1
+            raise ClusterBusy("the cluster has no free CPU for 2 s")
+        self.started.append((need.role, need.kind, need.target, version.version))
+        self.references.append(reference)
+        submitted = EvidenceResult(
+            need=need,
+            version=version.version,
+            state="submitted",
+            job_id=f"job-{need.kind}-v{version.version}",
+        )
+        if self.reuse_baseline and need.role == "baseline" and reference is not None:
+            return replace(self._done(submitted), job_id="job-earlier", reused=True)
+        return submitted
+
+    def read(self, result: EvidenceResult, *, policy: GatePolicy) -> EvidenceResult:
+        if self.hold:
+            return result
+        if (result.need.role, result.need.kind) in self.fail:
+            raise EvidenceFailed(
+                f"the {result.need.kind} job {result.job_id} of v{result.version} "
+                f"({result.need.role}) ended FAILED: CUDA out of memory"
+            )
+        return self._done(result)
+
+    def _done(self, result: EvidenceResult) -> EvidenceResult:
+        if result.need.kind == "evaluate":
+            return replace(result, state="done", ap=self.ap[result.version], mlflow_run_id="run")
+        target = str(result.need.target)
+        return replace(
+            result,
+            state="done",
+            p95_ms=self.p95[(result.version, target)],
+            record_id=f"bench-v{result.version}-{target}",
+            mlflow_run_id="run",
+            node_id="node-1",
+        )
+
+
+@dataclass
+class RecordingMirror:
+    synced: list[str] = field(default_factory=list)
+
+    def sync(self, name: str) -> bool:
+        self.synced.append(name)
+        return True
+
+
+def _key(role: Role = Role.approver) -> ApiKey:
+    return ApiKey(
+        id="key-1",
+        name="test-approver",
+        role=role,
+        prefix="df_test",
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+def _register(stores: RegistryStores, tmp_path: Path, n: int) -> list[Path]:
+    """``n`` versions of MODEL, each a small file registered with its real sha256."""
+    paths = []
+    for i in range(1, n + 1):
+        path = tmp_path / f"ckpt-{i}.pth"
+        path.write_bytes(f"weights of version {i}".encode() * 64)
+        stores.models.register_version(
+            MODEL,
+            checkpoint_uri=str(path),
+            checkpoint_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+            checkpoint_bytes=path.stat().st_size,
+            model_size="nano",
+            resolution=128,
+            actor=ACTOR,
+        )
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def stores(registry_stores: RegistryStores) -> RegistryStores:
+    registry_stores.models.create_model(MODEL, actor=ACTOR)
+    return registry_stores
+
+
+def _machine(stores: RegistryStores, runner: FakeRunner) -> PromotionService:
+    return PromotionService(store=stores.promotions, runner=runner, mirror=RecordingMirror())
+
+
+def _promote(machine: PromotionService, version: int) -> Promotion:
+    promotion = machine.request(
+        MODEL, version, to=Stage.production, reason="test", principal=_key(), request_id="req"
+    )
+    return machine.advance(promotion.id)
+
+
+def _in_production(stores: RegistryStores) -> int | None:
+    holder = stores.models.version_in_stage(MODEL, Stage.production)
+    return holder.version if holder else None
+
+
+def _policy(stores: RegistryStores, **policy: Any) -> None:
+    stores.models.set_policy(MODEL, GatePolicy.model_validate(policy).model_dump(), actor=ACTOR)
+
+
+def test_all_gates_pass_and_the_candidate_enters_production(
+    stores: RegistryStores, tmp_path: Path
+) -> None:
+    _register(stores, tmp_path, 2)
+    runner = FakeRunner(ap={1: 0.50, 2: 0.49}, p95={(1, "cpu"): 10.0, (2, "cpu"): 11.0})
+    machine = _machine(stores, runner)
+    assert _promote(machine, 1).state == PromotionState.applied  # no policy yet
+    _policy(
+        stores,
+        eval=EVAL,
+        ap_floor=0.3,
+        max_ap_drop=0.02,
+        targets=[{"target": "cpu", "max_p95_ratio": 1.2, "p95_sla_ms": 50.0}],
+    )
+
+    done = _promote(machine, 2)
+
+    assert done.state == PromotionState.applied
+    assert done.message == "all 5 gates passed"
+    assert done.baseline_version == 1
+    figures = {(g.gate, g.target): (g.candidate, g.baseline, g.passed) for g in done.gate_results}
+    assert figures == {
+        ("integrity", None): (None, None, True),
+        ("ap_floor", None): (0.49, None, True),
+        ("max_ap_drop", None): (0.49, 0.50, True),
+        ("max_p95_ratio", "cpu"): (11.0, 10.0, True),
+        ("p95_sla", "cpu"): (11.0, None, True),
+    }
+    assert (_in_production(stores), stores.models.get_version(MODEL, 1).stage) == (
+        2,
+        Stage.archived,
+    )
+    assert sorted(runner.started) == [
+        ("baseline", "benchmark", "cpu", 1),
+        ("baseline", "evaluate", None, 1),
+        ("candidate", "benchmark", "cpu", 2),
+        ("candidate", "evaluate", None, 2),
+    ]
+    assert machine.mirror.synced == [MODEL, MODEL]  # type: ignore[attr-defined]
+
+
+def test_an_ap_drop_is_refused_with_its_figures(stores: RegistryStores, tmp_path: Path) -> None:
+    _register(stores, tmp_path, 2)
+    machine = _machine(stores, FakeRunner(ap={1: 0.1781, 2: 0.0014}))
+    _promote(machine, 1)
+    _policy(stores, eval=EVAL, max_ap_drop=0.02)
+
+    done = _promote(machine, 2)
+
+    assert done.state == PromotionState.failed
+    assert done.message == (
+        "refused: max_ap_drop: AP 0.0014 is 0.1767 below production v1's 0.1781; the policy "
+        "allows a drop of 0.0200 (exceeded by 0.1567)"
+    )
+    assert _in_production(stores) == 1
+    assert stores.models.get_version(MODEL, 2).stage == Stage.none
+
+
+def test_a_p95_ratio_over_the_limit_is_refused(stores: RegistryStores, tmp_path: Path) -> None:
+    _register(stores, tmp_path, 2)
+    machine = _machine(stores, FakeRunner(p95={(1, "cpu"): 10.0, (2, "cpu"): 15.0}))
+    _promote(machine, 1)
+    _policy(stores, targets=[{"target": "cpu", "max_p95_ratio": 1.2}])
+
+    done = _promote(machine, 2)
+
+    assert done.state == PromotionState.failed
+    [ratio] = [g for g in done.gate_results if g.gate == "max_p95_ratio"]
+    assert (ratio.candidate, ratio.baseline, ratio.threshold, ratio.passed) == (
+        15.0,
+        10.0,
+        1.2,
+        False,
+    )
+    assert done.message == (
+        "refused: max_p95_ratio: p95 on cpu 15.0 ms vs production v1 10.0 ms: ratio 1.50, over "
+        "by 0.30x; the limit is 1.20"
+    )
+    assert _in_production(stores) == 1
+
+
+def test_a_failed_job_fails_the_promotion_saying_which(
+    stores: RegistryStores, tmp_path: Path
+) -> None:
+    _register(stores, tmp_path, 1)
+    runner = FakeRunner(ap={1: 0.5}, fail={("candidate", "evaluate")})
+    _policy(stores, eval=EVAL, ap_floor=0.3)
+
+    done = _promote(_machine(stores, runner), 1)
+
+    assert done.state == PromotionState.failed
+    assert done.message == (
+        "the evaluate job job-evaluate-v1 of v1 (candidate) ended FAILED: CUDA out of memory"
+    )
+    assert done.gate_results == []
+    assert _in_production(stores) is None
+    assert [e["job_id"] for e in done.evidence] == ["job-evaluate-v1"]
+
+
+def test_a_busy_cluster_keeps_it_running_until_a_later_pass(
+    stores: RegistryStores, tmp_path: Path
+) -> None:
+    _register(stores, tmp_path, 1)
+    runner = FakeRunner(p95={(1, "cpu"): 20.0}, busy=2)
+    machine = _machine(stores, runner)
+    _policy(stores, targets=[{"target": "cpu", "p95_sla_ms": 50.0}])
+    promotion = machine.request(
+        MODEL, 1, to=Stage.production, reason="", principal=_key(), request_id=None
+    )
+
+    assert machine.advance(promotion.id).state == PromotionState.running
+    assert machine.advance_all() == 1
+    assert machine.store.get(promotion.id).state == PromotionState.running
+    assert runner.started == []
+    done = machine.get(promotion.id)  # reading it advances it: the cluster took the job
+
+    assert done.state == PromotionState.applied
+    assert [(g.gate, g.candidate) for g in done.gate_results] == [
+        ("integrity", None),
+        ("p95_sla", 20.0),
+    ]
+
+
+def test_changed_bytes_are_refused_by_the_integrity_gate(
+    stores: RegistryStores, tmp_path: Path
+) -> None:
+    [path] = _register(stores, tmp_path, 1)
+    registered = stores.models.get_version(MODEL, 1).checkpoint_sha256
+    path.write_bytes(b"tampered")
+
+    done = _promote(_machine(stores, FakeRunner()), 1)
+
+    assert done.state == PromotionState.failed
+    actual = hashlib.sha256(b"tampered").hexdigest()
+    assert done.message == (
+        f"checkpoint changed or corrupt: {path} has sha256 {actual}, registered {registered}"
+    )
+    [gate] = done.gate_results
+    assert (gate.gate, gate.passed, gate.evidence["sha256"]) == ("integrity", False, actual)
+    assert _in_production(stores) is None
+
+
+def test_the_baseline_benchmark_reuses_a_record_measured_like_the_candidates(
+    stores: RegistryStores, tmp_path: Path
+) -> None:
+    _register(stores, tmp_path, 2)
+    runner = FakeRunner(p95={(1, "cpu"): 10.0, (2, "cpu"): 9.0}, reuse_baseline=True)
+    machine = _machine(stores, runner)
+    _promote(machine, 1)
+    _policy(stores, targets=[{"target": "cpu", "max_p95_ratio": 1.1}])
+
+    done = _promote(machine, 2)
+
+    assert done.state == PromotionState.applied
+    # The candidate's finished record is what the baseline must be measured like.
+    assert [r.record_id if r else None for r in runner.references] == [None, "bench-v2-cpu"]
+    [ratio] = [g for g in done.gate_results if g.gate == "max_p95_ratio"]
+    assert ratio.evidence["baseline"] == {
+        "version": 1,
+        "job_id": "job-earlier",
+        "mlflow_run_id": "run",
+        "record_id": "bench-v1-cpu",
+        "node_id": "node-1",
+        "reused": True,
+    }
+    assert (ratio.candidate, ratio.baseline) == (9.0, 10.0)
+
+
+def test_a_new_instance_resumes_a_running_promotion_from_the_database(
+    stores: RegistryStores, tmp_path: Path
+) -> None:
+    _register(stores, tmp_path, 1)
+    _policy(stores, eval=EVAL, ap_floor=0.3)
+    # The first API submits the evaluation, then dies before it is read back.
+    first = _machine(stores, FakeRunner(ap={1: 0.4}, hold=True))
+    promotion = first.request(
+        MODEL, 1, to=Stage.production, reason="", principal=_key(), request_id=None
+    )
+    running = first.advance(promotion.id)
+    assert running.state == PromotionState.running
+    assert running.evidence == [
+        {
+            "role": "candidate",
+            "kind": "evaluate",
+            "version": 1,
+            "job_id": "job-evaluate-v1",
+            "state": "submitted",
+        }
+    ]
+
+    restarted = FakeRunner(ap={1: 0.4})
+    done = _machine(stores, restarted).get(promotion.id)
+
+    assert done.state == PromotionState.applied
+    assert restarted.started == []  # nothing submitted twice
+    assert [(g.gate, g.candidate) for g in done.gate_results] == [
+        ("integrity", None),
+        ("ap_floor", 0.4),
+    ]
+
+
+def test_terminal_promotions_refuse_every_transition(
+    stores: RegistryStores, tmp_path: Path
+) -> None:
+    _register(stores, tmp_path, 1)
+    machine = _machine(stores, FakeRunner())
+    done = _promote(machine, 1)
+    assert done.state == PromotionState.applied
+
+    for to in PromotionState:
+        with pytest.raises(ConflictError, match=f"is applied; it cannot become {to.value}"):
+            check_transition(done, to)
+    with pytest.raises(ConflictError, match="is already applied"):
+        stores.promotions.update(done.id, state=PromotionState.running)
+    assert machine.advance(done.id) == done
+    pending = replace(done, state=PromotionState.pending)
+    with pytest.raises(ConflictError, match="is pending; it cannot become applied"):
+        check_transition(pending, PromotionState.applied)
+
+
+def test_production_needs_an_approver(stores: RegistryStores, tmp_path: Path) -> None:
+    _register(stores, tmp_path, 1)
+    with pytest.raises(PermissionDeniedError, match="has operator"):
+        _machine(stores, FakeRunner()).request(
+            MODEL,
+            1,
+            to=Stage.production,
+            reason="",
+            principal=_key(Role.operator),
+            request_id=None,
+        )
+
+
+OLD_EVIDENCE = [
+    {"role": "candidate", "kind": "evaluate", "version": 2, "job_id": "ev-1", "state": "running"},
+    {
+        "role": "candidate",
+        "kind": "evaluate",
+        "version": 2,
+        "state": "done",
+        "job_id": "ev-2",
+        "ap": 0.41,
+        "mlflow_run_id": None,
+        "reused": True,
+    },
+    {
+        "role": "baseline",
+        "kind": "benchmark",
+        "target": "cpu-1t",
+        "version": 1,
+        "job_id": "bm-1",
+        "state": "done",
+        "record_id": "rec-1",
+        "p95_ms": 12.5,
+        "mlflow_run_id": "run-1",
+        "node_id": "node-a",
+    },
+]
+
+
+@pytest.mark.parametrize("item", OLD_EVIDENCE)
+def test_stored_evidence_json_round_trips(item: dict[str, Any]) -> None:
+    result = EvidenceResult.from_json(item)
+    assert result.to_json() == item
+    assert EvidenceResult.from_json(result.to_json()) == result
+
+
+def test_stored_evidence_loads_into_typed_values() -> None:
+    results = [EvidenceResult.from_json(item) for item in OLD_EVIDENCE]
+    assert [r.need for r in results] == [
+        EvidenceNeed("candidate", "evaluate"),
+        EvidenceNeed("candidate", "evaluate"),
+        EvidenceNeed("baseline", "benchmark", "cpu-1t"),
+    ]
+    assert (results[1].ap, results[1].reused, results[2].p95_ms) == (0.41, True, 12.5)
+    policy = GatePolicy.model_validate(
+        {"eval": EVAL, "max_ap_drop": 0.1, "targets": [{"target": "cpu-1t", "max_p95_ratio": 2}]}
+    )
+    assert plan(policy, None, results) == [EvidenceNeed("candidate", "benchmark", "cpu-1t")]
