@@ -30,7 +30,15 @@ from detrforge.jobs.driver import JobContext, check_resources, run_driver
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 
-__all__ = ["SweepTrials", "TrialRecord", "build_tuner", "main", "param_space", "plot_front"]
+__all__ = [
+    "SweepTrials",
+    "TrialRecord",
+    "build_scheduler",
+    "build_tuner",
+    "main",
+    "param_space",
+    "plot_front",
+]
 
 RESULT_FILE = "result.json"
 PLOT_FILE = "pareto.png"
@@ -269,6 +277,20 @@ def _ray_storage_path(artifact_root: str) -> str:
     return f"{artifact_root}/ray"
 
 
+def build_scheduler(spec: SweepSpec) -> Any:
+    """The trial scheduler: ASHA over epochs (``training_iteration``) on the score, or FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.scheduler.type == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=spec.max_epochs,
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+    return FIFOScheduler()  # type: ignore[no-untyped-call]
+
+
 def build_tuner(
     spec: SweepSpec,
     *,
@@ -281,7 +303,6 @@ def build_tuner(
 ) -> Any:
     """The ``Tuner``: function trainable with fractional resources, ASHA or FIFO, grid/random."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
     from detrforge.jobs.sweep_trial import SCORE, train_trial
@@ -289,16 +310,7 @@ def build_tuner(
     resources: dict[str, float] = {"cpu": spec.resources_per_trial.cpu}
     if spec.resources_per_trial.gpu:
         resources["gpu"] = spec.resources_per_trial.gpu
-    scheduler: Any
-    if spec.scheduler.type == "asha":
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=spec.max_epochs,
-            grace_period=spec.scheduler.grace_period,
-            reduction_factor=spec.scheduler.reduction_factor,
-        )
-    else:
-        scheduler = FIFOScheduler()  # type: ignore[no-untyped-call]
+    scheduler = build_scheduler(spec)
     search_alg: Any
     if spec.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
