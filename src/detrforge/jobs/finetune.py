@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from detrforge.detector.specs import FinetuneSpec
 from detrforge.jobs.driver import JobContext, check_resources, run_driver
+from detrforge.platform.scratch import job_scratch_dir
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 
@@ -193,7 +193,8 @@ def build_trainer(
 def _run(ctx: JobContext) -> dict[str, str]:
     """The driver's body: check placement, fit, clean the local scratch."""
     spec = FinetuneSpec.model_validate(ctx.spec)
-    workdir = Path(tempfile.gettempdir()) / "detrforge-jobs" / ctx.job_id
+    # A driver killed by SIGKILL skips the finally below; the reconciler removes it then.
+    workdir = job_scratch_dir(ctx.job_id)
     started = time.monotonic()
     try:
         check_schedulable(spec)

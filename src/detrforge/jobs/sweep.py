@@ -27,6 +27,7 @@ from typing import Any
 from detrforge.detector.pareto import Point, best_by_ap, pareto_front, sla_pick
 from detrforge.detector.specs import BenchmarkSpec, SweepSpec
 from detrforge.jobs.driver import JobContext, check_resources, run_driver
+from detrforge.platform.scratch import job_scratch_dir
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 
@@ -455,7 +456,7 @@ def _run(ctx: JobContext) -> dict[str, str]:
     )
     bench_wanted = {"CPU": float(spec.bench_threads or 1), **spec.target_resources}
     check_resources(bench_wanted, what=f"hardware target {spec.target!r}", field="target")
-    workdir = Path(tempfile.gettempdir()) / "detrforge-jobs" / ctx.job_id
+    workdir = job_scratch_dir(ctx.job_id)
     started = time.monotonic()
     n_trials = _count_trials(spec)
     trials = SweepTrials(
