@@ -32,6 +32,7 @@ from detrforge.control.versions import VersionService
 from detrforge.platform.cluster import ray_client_env
 from detrforge.platform.db import make_engine, make_session_factory, upgrade_database
 from detrforge.platform.launcher import Launcher
+from detrforge.platform.scratch import Housekeeping
 from detrforge.platform.settings import Settings
 from detrforge.platform.sources import SourcePolicy
 from detrforge.platform.tracking import Tracker
@@ -102,6 +103,12 @@ def build_services(settings: Settings) -> Services:
         sources=sources,
         schedule_timeout_s=settings.schedule_timeout_s,
         max_annotation_bytes=settings.max_annotation_bytes,
+        housekeeping=Housekeeping(
+            cache_dir=settings.resolved_home() / "cache",
+            cache_max_age_s=settings.cache_max_age_days * 86400,
+            cache_max_bytes=settings.cache_max_bytes,
+            interval_s=settings.housekeeping_interval_s,
+        ),
     )
     model_store = ModelStore(sessions)
     mirror = MlflowMirror(store=model_store, tracker=tracker)

@@ -27,6 +27,7 @@ from detrforge.platform.errors import (
 )
 from detrforge.platform.launcher import Launcher, require_capacity, require_resources
 from detrforge.platform.limits import DEFAULT_MAX_ANNOTATION_BYTES
+from detrforge.platform.scratch import Housekeeping
 from detrforge.platform.sources import SourcePolicy
 from detrforge.platform.storage import fetch_local, open_store
 from detrforge.platform.tags import Tag
@@ -82,6 +83,8 @@ class JobService:
     # kind -> called once a job of that kind SUCCEEDS, before the row turns terminal (so a
     # failing hook is retried on the next reconcile); must be idempotent. See on_succeeded.
     succeeded_hooks: dict[str, Callable[[Job, str | None], None]] = field(default_factory=dict)
+    # Removes finished jobs' scratch folders and prunes the download cache, from reconcile_all.
+    housekeeping: Housekeeping | None = None
 
     def __post_init__(self) -> None:
         self.on_succeeded("benchmark", self.record_benchmark)
@@ -333,7 +336,19 @@ class JobService:
                 self.reconcile(job.id)
             except DetrforgeError as exc:  # one bad job must not stop the others
                 log.warning("reconcile %s failed: %s", job.id, exc.message)
+        if self.housekeeping is not None:
+            try:
+                self.housekeeping.run(self.is_terminal)
+            except OSError as exc:  # a full or read-only disk must not stop reconciling
+                log.warning("housekeeping failed: %s", exc)
         return len(jobs)
+
+    def is_terminal(self, job_id: str) -> bool | None:
+        """Whether ``job_id`` is terminal; None when no such job is recorded."""
+        try:
+            return self.job_store.get(job_id).is_terminal
+        except NotFoundError:
+            return None
 
     def _tracking_fields(self, job: Job) -> dict[str, Any]:
         run_id = job.mlflow_run_id or self.tracker.find_job_run(job.id)

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import threading
 import traceback
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import Any
 from detrforge.platform.cluster import wait_for_port
 from detrforge.platform.errors import DetrforgeError
 from detrforge.platform.launcher import require_resources
+from detrforge.platform.scratch import job_scratch_dir
 from detrforge.platform.settings import Settings
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
@@ -47,8 +47,9 @@ class JobContext:
 
     @property
     def workdir(self) -> Path:
-        """This job's scratch folder on the driver's node (the caller removes it)."""
-        return Path(tempfile.gettempdir()) / "detrforge-jobs" / self.job_id
+        """This job's scratch folder on the driver's node. The job removes it when it ends; the
+        API's reconciler removes it after a driver killed by SIGKILL (``platform/scratch.py``)."""
+        return job_scratch_dir(self.job_id)
 
 
 def ray_storage_path(artifact_root: str) -> str:

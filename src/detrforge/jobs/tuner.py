@@ -8,7 +8,7 @@ from typing import Any
 from detrforge.detector.sweep_specs import SweepSpec
 from detrforge.jobs.driver import ray_storage_path
 
-__all__ = ["build_tuner", "param_space"]
+__all__ = ["build_scheduler", "build_tuner", "param_space"]
 
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
@@ -32,6 +32,20 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
     return space
 
 
+def build_scheduler(spec: SweepSpec) -> Any:
+    """The trial scheduler: ASHA over epochs (``training_iteration``) on the score, or FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.scheduler.type == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=spec.max_epochs,
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+    return FIFOScheduler()  # type: ignore[no-untyped-call]
+
+
 def build_tuner(
     spec: SweepSpec,
     *,
@@ -44,7 +58,6 @@ def build_tuner(
 ) -> Any:
     """The ``Tuner``: function trainable with fractional resources, ASHA or FIFO, grid/random."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
     from detrforge.jobs.sweep_trial import SCORE, train_trial
@@ -52,16 +65,7 @@ def build_tuner(
     resources: dict[str, float] = {"cpu": spec.resources_per_trial.cpu}
     if spec.resources_per_trial.gpu:
         resources["gpu"] = spec.resources_per_trial.gpu
-    scheduler: Any
-    if spec.scheduler.type == "asha":
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=spec.max_epochs,
-            grace_period=spec.scheduler.grace_period,
-            reduction_factor=spec.scheduler.reduction_factor,
-        )
-    else:
-        scheduler = FIFOScheduler()  # type: ignore[no-untyped-call]
+    scheduler = build_scheduler(spec)
     search_alg: Any
     if spec.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch

@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     max_checkpoint_bytes: int = Field(default=2 * 1024**3, gt=0)
     # Reading (torch.load) a checkpoint at registration must finish within this time.
     checkpoint_load_timeout_s: float = Field(default=120.0, gt=0)
+    # The download cache under DETRFORGE_HOME/cache: entries unused this long are removed, then
+    # the least recently used until it fits the cap (``platform.scratch.prune_cache``).
+    cache_max_age_days: float = Field(default=7.0, gt=0)
+    cache_max_bytes: int = Field(default=20 * 1024**3, gt=0)
+    # How often the reconciler cleans that cache and the scratch folders of finished jobs
+    # (``platform.scratch.Housekeeping``); also once at serve start.
+    housekeeping_interval_s: float = Field(default=300.0, gt=0)
 
     @field_validator("data_roots", "s3_buckets", mode="before")
     @classmethod
