@@ -67,14 +67,7 @@ def benchmark_task(spec_data: dict[str, Any], artifact_root: str, job_id: str) -
         checkpoint = local_checkpoint(spec.checkpoint, spec.checkpoint_sha256, cache)
         checkpoint_sha = spec.checkpoint_sha256 or sha256_file(checkpoint)
         dataset = Path(fetch_local(spec.dataset, cache)) if spec.dataset else None
-        predictor, onnx_path = make_predictor(
-            spec.backend,
-            checkpoint,
-            spec.model_size,
-            spec.resolution,
-            threads=spec.num_threads,
-            workdir=Path(tmp),
-        )
+        predictor, onnx_path = make_predictor(spec, checkpoint, workdir=Path(tmp))
         export = None
         if onnx_path is not None:
             stored = open_store(artifact_root).put_file(

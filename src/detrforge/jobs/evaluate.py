@@ -11,11 +11,14 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from detrforge.detector.specs import EvaluateSpec
+from detrforge.detector.specs import BenchmarkSpec, EvaluateSpec
 from detrforge.jobs.driver import JobContext, run_driver
 from detrforge.platform.tags import Tag
+
+if TYPE_CHECKING:
+    from detrforge.detector.predictor import Predictor
 
 __all__ = ["evaluate_task", "local_checkpoint", "main", "make_predictor"]
 
@@ -39,19 +42,14 @@ def local_checkpoint(uri: str, expected_sha256: str | None, cache: Path) -> Path
 
 
 def make_predictor(
-    backend: str,
-    checkpoint: Path,
-    size: str,
-    resolution: int,
-    *,
-    threads: int | None,
-    workdir: Path,
-) -> tuple[Any, Path | None]:
-    """A predictor for ``backend``; for ONNX Runtime also the exported ``.onnx`` file."""
+    spec: EvaluateSpec | BenchmarkSpec, checkpoint: Path, *, workdir: Path
+) -> tuple[Predictor[Any], Path | None]:
+    """A predictor for ``spec.backend``; for ONNX Runtime also the exported ``.onnx`` file."""
     from detrforge.detector.onnx_predictor import OnnxPredictor
     from detrforge.detector.torch_predictor import TorchPredictor
 
-    if backend == "onnxruntime":
+    size, resolution, threads = spec.model_size, spec.resolution, spec.num_threads
+    if spec.backend == "onnxruntime":
         from detrforge.detector.export import export_onnx
 
         exported = export_onnx(checkpoint, size, resolution, workdir / f"model-{resolution}.onnx")
@@ -72,14 +70,7 @@ def evaluate_task(spec_data: dict[str, Any]) -> dict[str, Any]:
         cache = Path(tempfile.gettempdir()) / "detrforge-cache"
         checkpoint = local_checkpoint(spec.checkpoint, spec.checkpoint_sha256, cache)
         dataset = Path(fetch_local(spec.dataset, cache))
-        predictor, _ = make_predictor(
-            spec.backend,
-            checkpoint,
-            spec.model_size,
-            spec.resolution,
-            threads=spec.num_threads,
-            workdir=Path(tmp),
-        )
+        predictor, _ = make_predictor(spec, checkpoint, workdir=Path(tmp))
         result = evaluate_checkpoint(predictor, dataset, spec.split, backend=spec.eval_backend)
     return {
         "result": result.to_dict(),

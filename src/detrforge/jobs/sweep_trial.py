@@ -25,6 +25,7 @@ import pytorch_lightning as pl
 
 from detrforge.detector.specs import FinetuneSpec
 from detrforge.detector.sweep_specs import SweepSpec
+from detrforge.platform.artifact_store import ArtifactStore
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 
@@ -104,7 +105,7 @@ class TrialCallback(pl.Callback):
         spec: FinetuneSpec,
         tracker: Tracker,
         run_id: str,
-        store: Any,
+        store: ArtifactStore,
         store_key: str,
         workdir: Path,
     ) -> None:
