@@ -53,6 +53,7 @@ __all__ = [
     "PromotionService",
     "StageMirror",
     "check_transition",
+    "find",
     "integrity_gate",
     "plan",
     "verdict",
