@@ -242,12 +242,12 @@ def test_sweep_asha_pareto_and_benchmark_history(
     # What the registry needs to register the picked trial as a model version.
     pick_id = result["pick"]["pick"]["key"]
     source = services.sweeps.trial_source(job_id, pick_id)
-    assert source["checkpoint_uri"] == trials[pick_id]["checkpoint_uri"]
-    assert source["checkpoint_sha256"] == trials[pick_id]["checkpoint_sha256"]
-    assert source["mlflow_run_id"] == trials[pick_id]["mlflow_run_id"]
-    assert source["dataset_fingerprint"] == synth_ds.fingerprint
-    assert source["params"]["num_queries"] == 50 and source["params"]["num_workers"] == 1
-    assert (source["sweep_job_id"], source["trial_id"]) == (job_id, pick_id)
+    assert source.checkpoint_uri == trials[pick_id]["checkpoint_uri"]
+    assert source.expected_sha256 == trials[pick_id]["checkpoint_sha256"]
+    assert source.mlflow_run_id == trials[pick_id]["mlflow_run_id"]
+    assert source.dataset_fingerprint == synth_ds.fingerprint
+    assert source.params["num_queries"] == 50 and source.params["num_workers"] == 1
+    assert (source.source_job_id, source.source_trial_id) == (job_id, pick_id)
 
     # "Register trial": one call makes a registry version with lineage to the sweep and trial.
     created_model = cluster_api.client.post(

@@ -123,9 +123,8 @@ class JobService:
             raise InvalidSpecError(f"{field}: {uri} does not exist or is not a file", field=field)
         return source
 
-    def submit_finetune(self, body: Any, *, principal: Principal) -> Job:
-        """Validate ``body`` and the dataset, record the job, then submit it to Ray."""
-        spec: FinetuneSpec = parse_spec(FinetuneSpec, body)
+    def submit_finetune(self, spec: FinetuneSpec, *, principal: Principal) -> Job:
+        """Check the weights, capacity and dataset, record the job, then submit it to Ray."""
         if spec.pretrain_weights:
             self.require_file(spec.pretrain_weights, field="pretrain_weights")
         self._check_capacity(spec)

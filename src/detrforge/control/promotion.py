@@ -54,6 +54,7 @@ __all__ = [
     "PromotionService",
     "StageMirror",
     "check_transition",
+    "find",
     "integrity_gate",
     "plan",
     "verdict",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from detrforge.control.jobs import JobService, measured_fields
+from detrforge.control.versions import VersionSource
 from detrforge.detector.specs import parse_spec
 from detrforge.detector.sweep_specs import SweepSpec
 from detrforge.platform.errors import ConflictError, InvalidSpecError, NotFoundError
@@ -148,7 +149,7 @@ class SweepService:
         return self.jobs.cancel(job_id)
 
     # -- for the registry -----------------------------------------------------------------
-    def trial_source(self, job_id: str, trial_id: str) -> dict[str, Any]:
+    def trial_source(self, job_id: str, trial_id: str) -> VersionSource:
         """What registering a trial as a model version needs (its weights and lineage).
 
         Raises:
@@ -165,23 +166,19 @@ class SweepService:
             )
         if not trial["checkpoint_uri"] or not trial["checkpoint_sha256"]:
             raise ConflictError(f"trial {trial_id} of sweep {job_id} saved no weights")
-        run = self.jobs.tracker.client.get_run(trial["mlflow_run_id"])
-        return {
-            "checkpoint_uri": trial["checkpoint_uri"],
-            "checkpoint_sha256": trial["checkpoint_sha256"],
-            "model_size": trial["model_size"],
-            "resolution": trial["resolution"],
-            "mlflow_run_id": trial["mlflow_run_id"],
-            "params": SweepSpec.model_validate(job.spec)
+        return VersionSource(
+            checkpoint_uri=trial["checkpoint_uri"],
+            expected_sha256=trial["checkpoint_sha256"],
+            model_size=trial["model_size"],
+            resolution=int(trial["resolution"]),
+            mlflow_run_id=trial["mlflow_run_id"],
+            params=SweepSpec.model_validate(job.spec)
             .trial_spec(trial["params"])
             .model_dump(mode="json"),
-            "logged_params": dict(run.data.params),
-            "dataset_fingerprint": job.dataset_fingerprint,
-            "sweep_job_id": job.id,
-            "trial_id": trial_id,
-            "bbox_ap": trial["best_ap"],
-            "p95_ms": trial["p95_ms"],
-        }
+            dataset_fingerprint=job.dataset_fingerprint,
+            source_job_id=job.id,
+            source_trial_id=trial_id,
+        )
 
     # -- reconcile hook -------------------------------------------------------------------
     def record_benchmarks(self, job: Job, run_id: str | None) -> None:

@@ -127,40 +127,17 @@ class VersionService:
         source = self._resolve(request)
         return self.register_source(name, source, principal=principal, request_id=request_id)
 
-    def register_trial(
-        self,
-        name: str,
-        trial: Mapping[str, Any],
-        *,
-        description: str,
-        principal: Principal,
-        request_id: str | None,
-    ) -> ModelVersion:
-        """Register a sweep trial's weights (``SweepService.trial_source``) with its lineage."""
-        self.store.get_model(name)
-        source = VersionSource(
-            checkpoint_uri=str(trial["checkpoint_uri"]),
-            expected_sha256=trial["checkpoint_sha256"],
-            model_size=str(trial["model_size"]),
-            resolution=int(trial["resolution"]),
-            dataset_fingerprint=trial.get("dataset_fingerprint"),
-            params=dict(trial.get("params") or {}),
-            source_job_id=trial["sweep_job_id"],
-            source_trial_id=trial["trial_id"],
-            mlflow_run_id=trial.get("mlflow_run_id"),
-            description=description,
-        )
-        return self.register_source(name, source, principal=principal, request_id=request_id)
-
     def register_source(
         self, name: str, source: VersionSource, *, principal: Principal, request_id: str | None
     ) -> ModelVersion:
-        """Register a version from resolved lineage (a job's, a sweep trial's, ...).
+        """Register a version from resolved lineage (a job's, a sweep trial's
+        ``SweepService.trial_source``, ...).
 
         The checkpoint is copied into the artifact store under its sha256
         (``blobs/sha256/<hex>``), and the version points at that copy: replacing the original
         file later changes nothing.
         """
+        self.store.get_model(name)
         location = self.sources.check(source.checkpoint_uri, field="checkpoint")
         with staged_checkpoint(
             location,

@@ -8,7 +8,7 @@ import io
 import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,7 +20,7 @@ from detrforge.platform.limits import check_page
 from detrforge.registry.dbmodels import SqlAuditEvent
 from detrforge.registry.entities import AuditEvent
 
-__all__ = ["AUDIT_CSV_COLUMNS", "AuditLog", "audit_to_csv", "write_audit"]
+__all__ = ["AUDIT_CSV_COLUMNS", "AuditFields", "AuditLog", "audit_to_csv", "write_audit"]
 
 AUDIT_CSV_COLUMNS = (
     "id",
@@ -37,34 +37,24 @@ AUDIT_CSV_COLUMNS = (
 )
 
 
-def write_audit(
-    session: Session,
-    *,
-    actor: str,
-    action: str,
-    model_name: str | None,
-    version: int | None = None,
-    before: str | None = None,
-    after: str | None = None,
-    reason: str | None = None,
-    request_id: str | None = None,
-    details: Mapping[str, Any] | None = None,
-) -> None:
+class AuditFields(TypedDict, total=False):
+    """One audit event as callers give it; ``at`` and ``id`` are the log's own."""
+
+    actor: Required[str]
+    action: Required[str]
+    model_name: str | None
+    version: int | None
+    before: str | None
+    after: str | None
+    reason: str | None
+    request_id: str | None
+    details: Mapping[str, Any] | None
+
+
+def write_audit(session: Session, **event: Unpack[AuditFields]) -> None:
     """Add one audit row to ``session``: it commits with the change it describes."""
-    session.add(
-        SqlAuditEvent(
-            at=utcnow(),
-            actor=actor,
-            action=action,
-            model_name=model_name,
-            version=version,
-            before=before,
-            after=after,
-            reason=reason,
-            request_id=request_id,
-            details=dict(details or {}),
-        )
-    )
+    details = dict(event.pop("details", None) or {})
+    session.add(SqlAuditEvent(at=utcnow(), details=details, **event))
 
 
 class AuditLog:
@@ -73,33 +63,10 @@ class AuditLog:
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
         self._sessions = session_factory
 
-    def record(
-        self,
-        *,
-        actor: str,
-        action: str,
-        model_name: str | None = None,
-        version: int | None = None,
-        before: str | None = None,
-        after: str | None = None,
-        reason: str | None = None,
-        request_id: str | None = None,
-        details: Mapping[str, Any] | None = None,
-    ) -> None:
+    def record(self, **event: Unpack[AuditFields]) -> None:
         """Append one audit event in its own transaction."""
         with self._sessions.begin() as session:
-            write_audit(
-                session,
-                actor=actor,
-                action=action,
-                model_name=model_name,
-                version=version,
-                before=before,
-                after=after,
-                reason=reason,
-                request_id=request_id,
-                details=details,
-            )
+            write_audit(session, **event)
 
     def list(
         self,

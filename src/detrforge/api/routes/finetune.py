@@ -14,7 +14,7 @@ from detrforge.api.media import LOG_TEXT
 from detrforge.api.pagination import JobPage, jobs_page
 from detrforge.api.params import LogTail
 from detrforge.api.schemas import JobPublic, JobsPublic
-from detrforge.detector.specs import FinetuneSpec
+from detrforge.detector.specs import FinetuneSpec, parse_spec
 
 router = APIRouter(prefix="/api/v1/finetune-jobs", tags=["finetune"], responses=ERROR_RESPONSES)
 
@@ -26,7 +26,8 @@ def submit_finetune(
     body: Annotated[Any, Body()], services: ServicesDep, key: Operator
 ) -> JobPublic:
     """Validate the spec and dataset, then submit a fine-tune job to Ray."""
-    return JobPublic.of(services.jobs.submit_finetune(body, principal=key))
+    spec = parse_spec(FinetuneSpec, body)
+    return JobPublic.of(services.jobs.submit_finetune(spec, principal=key))
 
 
 @router.get("", response_model=JobsPublic)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query
@@ -132,9 +133,9 @@ def register_trial(
 ) -> VersionPublic:
     """Register one sweep trial as a version of ``model``, with lineage to the sweep, the trial
     and its MLflow run (the weights' sha256 is verified)."""
-    source = services.sweeps.trial_source(job_id, trial_id)
-    version = services.versions.register_trial(
-        body.model, source, description=body.description, principal=key, request_id=request_id
+    source = replace(services.sweeps.trial_source(job_id, trial_id), description=body.description)
+    version = services.versions.register_source(
+        body.model, source, principal=key, request_id=request_id
     )
     return VersionPublic.model_validate(version)
 
