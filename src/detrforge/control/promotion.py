@@ -428,8 +428,10 @@ class PromotionService:
         except EvidenceFailed as exc:
             self._save(promotion, evidence)
             return self._finish(promotion, [], passed=False, message=str(exc))
+        # Saved before the verdict: an API that dies in the commit resumes from finished evidence.
+        promotion = self._save(promotion, evidence)
         if not complete:
-            return self._save(promotion, evidence)
+            return promotion
         results, passed, message = verdict(policy, candidate, baseline, evidence)
         return self._finish(promotion, results, passed=passed, message=message)
 

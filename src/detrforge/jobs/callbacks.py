@@ -119,12 +119,14 @@ class DetrforgeCallback(pl.Callback):
         self._images += self.spec.batch_size * self.world_size
         self._train_seconds = time.monotonic() - self._epoch_started
         now = time.monotonic()
-        if self.tracker is None or now - self._last_progress < PROGRESS_EVERY_S:
-            return
-        self._last_progress = now
         steps_per_epoch = max(1, int(trainer.num_training_batches))
         total = steps_per_epoch * self.spec.epochs
         done = trainer.current_epoch * steps_per_epoch + batch_idx + 1
+        # Throttled, except the run's last step: a finished job reports step == total_steps.
+        throttled = now - self._last_progress < PROGRESS_EVERY_S and done < total
+        if self.tracker is None or throttled:
+            return
+        self._last_progress = now
         rate = (done - self._steps_at_start * self.spec.grad_accum_steps) / max(
             1e-6, now - self._run_started
         )
