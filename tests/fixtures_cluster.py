@@ -83,21 +83,13 @@ def free_port() -> int:
     """A loopback port nothing listens on *now*, for a client to be refused on (no server).
 
     The port is released on return, so another process may take it before anyone binds it: a
-    server must not be started on it. Servers bind a socket they are handed (``uvicorn``, see
-    ``listening_socket``) or, where only a port number can be given (Ray), are started through
-    ``start_on_reserved_ports``.
+    server must not be started on it. A server is handed a socket bound to port 0 where it can
+    take one (moto in ``fixtures_s3``); where only a port number can be given (Ray, ``detrforge
+    serve``) it is started through ``start_on_reserved_ports``.
     """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def listening_socket() -> socket.socket:
-    """A socket bound to a kernel-chosen loopback port and listening: no window for a race."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    return sock
 
 
 _ADDRESS_IN_USE = re.compile(r"already in use|address in use|failed to bind|EADDRINUSE", re.I)

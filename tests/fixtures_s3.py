@@ -47,10 +47,21 @@ class S3Server:
         )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# moto's own CLI only takes a port number (a free port found first could be taken before moto
+# binds it, and the readiness probe would then talk to someone else's server). This starts the
+# same app with werkzeug on a socket the fixture bound and passes by file descriptor.
+_MOTO_ON_FD = """
+import os, sys
+from werkzeug.serving import make_server
+from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+fd, port = int(sys.argv[1]), sys.argv[2]
+os.environ.setdefault("MOTO_PORT", port)
+app = DomainDispatcherApplication(create_backend_app)
+server = make_server(
+    "127.0.0.1", int(port), app, threaded=True, request_handler=MotoRequestHandler, fd=fd
+)
+server.serve_forever()
+"""
 
 
 def _answers(url: str) -> bool:
@@ -64,28 +75,28 @@ def _answers(url: str) -> bool:
 
 
 def _start_moto(log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Start moto on a free port; retry on another port if one was taken in between."""
-    last_error = ""
-    for _ in range(3):
-        port = _free_port()
+    """Start moto on a loopback socket bound here (port 0), so no other process can take it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        port = int(sock.getsockname()[1])
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                [sys.executable, "-c", _MOTO_ON_FD, str(sock.fileno()), str(port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                pass_fds=(sock.fileno(),),
             )
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                last_error = f"moto exited with {process.returncode}"
-                break
-            if _answers(f"http://127.0.0.1:{port}/moto-api/"):
-                return process, port
-            time.sleep(0.1)
-        else:
-            last_error = f"moto did not answer within {_START_TIMEOUT_S:.0f}s"
-            _stop(process)
-    raise RuntimeError(f"could not start the moto S3 server: {last_error}; see {log_path}")
+    # The socket listens from here on: a probe queues until moto accepts it.
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto exited with {process.returncode}; see {log_path}")
+        if _answers(f"http://127.0.0.1:{port}/moto-api/"):
+            return process, port
+        time.sleep(0.1)
+    _stop(process)
+    raise RuntimeError(f"moto did not answer within {_START_TIMEOUT_S:.0f}s; see {log_path}")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -45,10 +45,9 @@ def _promote_and_wait(api: ApiHarness, version: int, to: str = "production") -> 
     promotion_id = response.json()["id"]
     return dict(
         wait_until(
-            lambda: (
-                (p := _get(api, f"/promotions/{promotion_id}"))["state"] in ("applied", "failed")
-                and p
-            ),
+            lambda: _get(api, f"/promotions/{promotion_id}"),
+            until=lambda p: p["state"] in ("applied", "failed"),
+            what=f"promotion {promotion_id} of v{version} to {to} to end",
             timeout_s=60,
             every_s=0.2,
         )
@@ -116,7 +115,14 @@ def test_promotion_roles_stages_aliases_and_rollback(
     )
     assert staged.status_code == 202 and staged.json()["state"] == "pending"
     assert staged.headers["X-Request-ID"] == staged.json()["request_id"]
-    wait_until(lambda: _alias(model_api, "staging") == "1", timeout_s=30, every_s=0.2)
+    wait_until(
+        lambda: _alias(model_api, "staging"),
+        until=lambda alias: alias == "1",
+        fail_if=lambda alias: f"the alias points at v{alias}" if alias not in (None, "1") else None,
+        what="MLflow alias 'staging' to point at v1",
+        timeout_s=30,
+        every_s=0.2,
+    )
 
     for version in (1, 2, 3):
         promotion = _promote_and_wait(model_api, version)
@@ -230,7 +236,12 @@ def test_evaluation_evidence_reads_the_blob(
     promote = _post(model_api, f"/models/{MODEL}/versions/1/promotions", {"to": "staging"})
     assert promote.status_code == 202, promote.text
     # No cluster here: the promotion submits its evaluation, which Ray cannot take yet.
-    jobs = wait_until(lambda: _get(model_api, "/evaluations")["items"], timeout_s=30, every_s=0.2)
+    jobs = wait_until(
+        lambda: _get(model_api, "/evaluations")["items"],
+        what="the promotion's evaluation job to be recorded",
+        timeout_s=30,
+        every_s=0.2,
+    )
     spec = jobs[0]["spec"]
     assert (spec["checkpoint"], spec["checkpoint_sha256"]) == (
         version["checkpoint_uri"],
@@ -296,15 +307,20 @@ def test_twenty_concurrent_promotions(model_api: ApiHarness, nano_checkpoint: Pa
     accepted = sorted(v for v, status in statuses.items() if status == 202)
     assert accepted
 
-    def settled() -> bool:
-        active = [
-            p
+    def active() -> list[tuple[int, str]]:
+        return [
+            (p["version"], p["state"])
             for p in _get(model_api, f"/models/{MODEL}/promotions")["items"]
             if p["state"] in ("pending", "running")
         ]
-        return not active
 
-    wait_until(settled, timeout_s=60, every_s=0.2)
+    wait_until(
+        active,
+        until=lambda left: not left,
+        what="every accepted promotion to end",
+        timeout_s=60,
+        every_s=0.2,
+    )
     promotions = _get(model_api, f"/models/{MODEL}/promotions")["items"]
     assert sorted(p["version"] for p in promotions) == accepted
     assert {p["state"] for p in promotions} == {"applied"}

@@ -27,7 +27,9 @@ def _descendants() -> set[int]:
     return {proc.pid for proc in psutil.Process().children(recursive=True)}
 
 
-def _start_two_nodes(temp_dir: Path, ports: list[int]) -> tuple[Any, Any, set[int]]:
+def _start_two_nodes(
+    temp_dir: Path, ports: list[int], *, worker_args: dict[str, Any] | None = None
+) -> tuple[Any, Any, set[int]]:
     """Head (the Jobs API) plus a worker with ``hw_bench_x86``; on failure, nothing is left.
 
     Each ``add_node`` starts processes (GCS, raylet, dashboard, agents) before it can fail, and a
@@ -52,7 +54,10 @@ def _start_two_nodes(temp_dir: Path, ports: list[int]) -> tuple[Any, Any, set[in
             temp_dir=str(temp_dir),
         )
         worker = cluster.add_node(
-            num_cpus=1, resources={"hw_bench_x86": 1}, dashboard_agent_listen_port=worker_agent_port
+            num_cpus=1,
+            resources={"hw_bench_x86": 1},
+            dashboard_agent_listen_port=worker_agent_port,
+            **(worker_args or {}),
         )
         cluster.wait_for_nodes()
         return cluster, worker, _descendants() - before
@@ -105,6 +110,34 @@ def two_nodes() -> Iterator[Any]:
         finally:
             _stop_cluster(cluster, started)
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_cluster_that_fails_to_start_leaves_no_process_behind() -> None:
+    # Runs before the module's cluster exists (file order), so every new process is this one's.
+    temp_dir = Path(tempfile.mkdtemp(prefix="dfray3-"))
+    (temp_dir / "ray").mkdir()
+    before = _descendants()
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("RAY_TMPDIR", str(temp_dir))
+            # The head starts; the worker's arguments are refused: a half-started cluster.
+            with pytest.raises(TypeError, match="no_such_ray_option"):
+                start_on_reserved_ports(
+                    4,
+                    lambda ports: _start_two_nodes(
+                        temp_dir, ports, worker_args={"no_such_ray_option": 1}
+                    ),
+                )
+        left = []
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if proc.pid not in before and proc.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{proc.pid} {' '.join(proc.cmdline())[:200]}")
+            except psutil.NoSuchProcess:
+                continue
+        assert left == [], "the failed start left processes running"
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture
