@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from detrforge.platform.errors import ClusterError
 
@@ -97,6 +98,20 @@ def log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+# How long the root of a tree gets to stop its own children before they are signalled too.
+ROOT_GRACE_S = 10.0
+
+
+def _terminate(procs: list[Any]) -> None:
+    import psutil
+
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def stop_process_tree(pid: int, *, timeout_s: float = 30.0) -> list[int]:
     """Stop ``pid``, its process group and every descendant: SIGTERM, then SIGKILL after a wait.
 
@@ -119,12 +134,16 @@ def stop_process_tree(pid: int, *, timeout_s: float = 30.0) -> list[int]:
                 tree.append(proc)
         except (ProcessLookupError, psutil.Error):
             continue
-    for proc in tree:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=timeout_s)
+    # The root first, alone: a process that shuts its own children down (the Ray head script
+    # stops its GCS, raylet and workers in ~4 s) does it best undisturbed; SIGTERM to all of
+    # them at once left Ray's GCS and raylet waiting on each other until the SIGKILL, 30 s on.
+    deadline = time.monotonic() + timeout_s
+    if tree and tree[0].pid == pid:
+        _terminate(tree[:1])
+        psutil.wait_procs(tree[:1], timeout=min(ROOT_GRACE_S, timeout_s))
+    alive = [proc for proc in tree if proc.is_running()]
+    _terminate(alive)
+    _, alive = psutil.wait_procs(alive, timeout=max(0.0, deadline - time.monotonic()))
     for proc in alive:
         try:
             proc.kill()
