@@ -21,11 +21,15 @@ demo: venv
 serve: venv
 	$(VENV)/bin/detrforge serve
 
+# Two pytest-xdist workers (one per core here), each with its own Ray head: the heavy tests wait
+# on jobs much of the time, and the other worker's tests fill that time.
+PYTEST_WORKERS ?= 2
+
 test: venv
-	$(PY) -m pytest -q -ra --durations=15
+	$(PY) -m pytest -q -ra --durations=15 -n $(PYTEST_WORKERS)
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not ray and not slow"
+	$(PY) -m pytest -q -m "not ray and not slow" -n $(PYTEST_WORKERS)
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
