@@ -113,7 +113,8 @@ def _terminate(procs: list[Any]) -> None:
 
 
 def stop_process_tree(pid: int, *, timeout_s: float = 30.0) -> list[int]:
-    """Stop ``pid``, its process group and every descendant: SIGTERM, then SIGKILL after a wait.
+    """Stop ``pid`` (SIGTERM to it alone first), then its process group and every descendant:
+    SIGTERM, then SIGKILL after a wait.
 
     ``pid`` leads its own process group (it was started in a new session), so the group still
     reaches Ray's GCS and raylet when ``pid`` itself is already gone. Descendants in sessions of
