@@ -170,6 +170,20 @@ class JobService:
         return self.job_store.update(job.id, ray_submission_id=submission_id)
 
     # -- evaluate + benchmark -------------------------------------------------------------------
+    def finished_finetune(self, job_id: str, *, instead: str | None = None) -> Job:
+        """A SUCCEEDED fine-tune job with a model (its weights are what the caller uses); any
+        other job is a 422 on ``job_id``, suggesting ``instead`` when the caller has an
+        alternative."""
+        job = self.job_store.get(job_id)
+        if job.kind != "finetune" or job.state != JobState.SUCCEEDED or not job.model_uri:
+            alternative = f" or {instead}" if instead else ""
+            raise InvalidSpecError(
+                f"job {job.id} is a {job.state.value} {job.kind} job without a model; give a "
+                f"SUCCEEDED fine-tune job{alternative}",
+                field="job_id",
+            )
+        return job
+
     def _checkpoint_fields(self, body: dict[str, Any]) -> dict[str, Any]:
         """Fill checkpoint, sha256, size and resolution from ``job_id`` (a finished fine-tune)."""
         body = dict(body)
@@ -181,13 +195,7 @@ class JobService:
                 # A registered version's bytes: the job re-verifies them against their name.
                 body.setdefault("checkpoint_sha256", registered)
             return body
-        job = self.job_store.get(str(job_id))
-        if job.kind != "finetune" or job.state != JobState.SUCCEEDED or not job.model_uri:
-            raise InvalidSpecError(
-                f"job {job_id} is a {job.state.value} {job.kind} job without a model; give a "
-                "SUCCEEDED fine-tune job or a checkpoint URI",
-                field="job_id",
-            )
+        job = self.finished_finetune(str(job_id), instead="a checkpoint URI")
         body.setdefault("checkpoint", job.model_uri)
         body.setdefault("checkpoint_sha256", job.model_sha256)
         body.setdefault("model_size", job.spec.get("model_size", "nano"))

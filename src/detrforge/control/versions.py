@@ -19,7 +19,7 @@ from detrforge.platform.checkpoints import staged_checkpoint
 from detrforge.platform.errors import IntegrityError, InvalidSpecError, NotFoundError
 from detrforge.platform.sources import SourcePolicy
 from detrforge.platform.storage import open_store
-from detrforge.registry.entities import JobState, ModelVersion, Principal, RegisteredModel
+from detrforge.registry.entities import ModelVersion, Principal, RegisteredModel
 from detrforge.registry.gates import GatePolicy
 from detrforge.registry.models import ModelStore
 
@@ -179,13 +179,8 @@ class VersionService:
 
     def _resolve(self, request: VersionRequest) -> VersionSource:
         if request.job_id:
-            job = self.jobs.job_store.get(request.job_id)
-            if job.kind != "finetune" or job.state != JobState.SUCCEEDED or not job.model_uri:
-                raise InvalidSpecError(
-                    f"job {job.id} is a {job.state.value} {job.kind} job without a model; give a "
-                    "SUCCEEDED fine-tune job",
-                    field="job_id",
-                )
+            job = self.jobs.finished_finetune(request.job_id)
+            assert job.model_uri is not None  # finished_finetune refuses a job without one
             return VersionSource(
                 checkpoint_uri=job.model_uri,
                 expected_sha256=job.model_sha256,
