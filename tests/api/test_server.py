@@ -180,6 +180,29 @@ def test_a_refused_submit_is_503_and_its_row_says_it_never_started(
     assert jobs[0]["mlflow_run_id"] is None
 
 
+def test_a_job_without_a_model_is_refused_wherever_a_job_id_names_weights(
+    offline_api: ApiHarness, synth_ds: DatasetInfo
+) -> None:
+    """Registering a version and evaluating by ``job_id`` take only a SUCCEEDED fine-tune."""
+    assert offline_api.submit({**TINY_SPEC, "dataset": synth_ds.root}).status_code == 503
+    headers = offline_api.headers()
+    [failed] = offline_api.client.get("/api/v1/finetune-jobs", headers=headers).json()["items"]
+    refusal = f"job {failed['id']} is a FAILED finetune job without a model; give a SUCCEEDED"
+    assert offline_api.client.post("/api/v1/models", json={"name": "m"}, headers=headers).is_success
+    attempts = {
+        "/api/v1/models/m/versions": ({"job_id": failed["id"]}, " fine-tune job"),
+        "/api/v1/evaluations": (
+            {"job_id": failed["id"], "dataset": synth_ds.root},
+            " fine-tune job or a checkpoint URI",
+        ),
+    }
+    for path, (body, ending) in attempts.items():
+        response = offline_api.client.post(path, json=body, headers=headers)
+        assert response.status_code == 422, (path, response.text)
+        error = response.json()
+        assert (error["field"], error["message"]) == ("job_id", refusal + ending), path
+
+
 # -- the CLI: an id on stdout, a non-zero exit unless SUCCEEDED ---------------------------------
 @pytest.fixture
 def cli_on(offline_api: ApiHarness, monkeypatch: pytest.MonkeyPatch) -> ApiHarness:
