@@ -19,6 +19,7 @@ import pytest
 
 from detrforge.detector.data import DatasetInfo
 from detrforge.platform.cluster import LocalRayHead
+from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 from fixtures_cluster import (
     DATA_ROOTS,
@@ -33,6 +34,7 @@ from fixtures_cluster import (
     train_worker_pids,
     wait_until,
 )
+from fixtures_mlflow import alias_checkpoint_sha256
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -77,6 +79,42 @@ def _check_finished_job(
     assert "/checkpoint_" in job["checkpoint_uri"]
 
 
+def _assert_released_in_mlflow(
+    api: ApiHarness, model: str, version: dict[str, Any], job: dict[str, Any], tmp_path: Path
+) -> None:
+    """The job's version in MLflow hangs off the job's own run; once promoted to production,
+    ``models:/<model>@production`` downloads the job's model bytes with MLflow's own client."""
+    client = _tracker(api).client
+    mirrored = client.get_model_version(model, version["mlflow_version"])
+    assert mirrored.run_id == job["mlflow_run_id"]
+    assert mirrored.tags[Tag.CHECKPOINT_SHA256] == job["model_sha256"]
+    response = api.client.post(
+        f"/api/v1/models/{model}/versions/{version['version']}/promotions",
+        json={"to": "production"},
+        headers=api.headers(),
+    )
+    assert response.status_code == 202, response.text
+    path = f"/api/v1/promotions/{response.json()['id']}"
+    promotion = wait_until(
+        lambda: api.client.get(path, headers=api.headers()).json(),
+        until=lambda p: p["state"] in ("applied", "failed"),
+        what=f"{path} to end",
+        timeout_s=60,
+        every_s=0.5,
+    )
+    assert promotion["state"] == "applied", promotion["message"]
+    wait_until(
+        lambda: client.get_registered_model(model).aliases.get("production"),
+        until=lambda alias: str(alias) == version["mlflow_version"],
+        what=f"MLflow's production alias of {model} to name v{version['version']}",
+        timeout_s=30,
+        every_s=0.2,
+    )
+    uri = api.settings.resolved_tracking_uri()
+    sha256 = alias_checkpoint_sha256(uri, model, "production", tmp_path / "released")
+    assert sha256 == job["model_sha256"]
+
+
 def test_finetune_two_workers_file_artifacts(
     cluster_api: ApiHarness, synth_ds: DatasetInfo, tmp_path: Path, ray_head: LocalRayHead
 ) -> None:
@@ -115,6 +153,7 @@ def test_finetune_two_workers_file_artifacts(
     assert (version["source_job_id"], version["mlflow_run_id"]) == (job["id"], job["mlflow_run_id"])
     assert version["checkpoint_sha256"] == job["model_sha256"]
     assert (version["model_size"], version["resolution"]) == ("nano", 128)
+    _assert_released_in_mlflow(cluster_api, "tiny", version, job, tmp_path)
 
     # The trained model, evaluated with pycocotools by job id (evaluation determinism on a model
     # with AP well above zero: test_benchmark_integration).
@@ -140,14 +179,22 @@ def test_finetune_two_workers_file_artifacts(
 
 
 def test_finetune_with_s3_artifacts(
-    tmp_path: Path, ray_head: LocalRayHead, s3_bucket: str, synth_ds: DatasetInfo
+    tmp_path: Path,
+    ray_head: LocalRayHead,
+    s3_bucket: str,
+    synth_ds: DatasetInfo,
+    server_tracking_uri: str | None,
 ) -> None:
+    """S3 artifacts, tracked on the MLflow server (PostgreSQL + S3) when the suite has one:
+    the job's run, its model registered by job id, and models:/NAME@production on the server."""
     settings = make_settings(
         tmp_path / "home",
         database_url=f"sqlite:///{tmp_path / 'registry.db'}",
         ray_address=ray_head.dashboard_url,
         artifact_root=f"{s3_bucket}/detrforge",
     )
+    if server_tracking_uri is not None:
+        settings = settings.model_copy(update={"mlflow_tracking_uri": server_tracking_uri})
     # One worker, one epoch: the two-worker test above covers DDP; this one covers S3.
     spec = {**TINY_SPEC, "dataset": synth_ds.root, "num_workers": 1, "epochs": 1}
     for api in harness(settings):
@@ -159,6 +206,15 @@ def test_finetune_with_s3_artifacts(
 
         store = open_store(settings.resolved_artifact_root())
         assert store.sha256(job["model_uri"]) == job["model_sha256"]
+
+        # Registered by job id from the s3:// store, released on the tracking server.
+        headers = api.headers()
+        assert api.client.post("/api/v1/models", json={"name": "s3"}, headers=headers).is_success
+        version = api.client.post(
+            "/api/v1/models/s3/versions", json={"job_id": job["id"]}, headers=headers
+        ).json()
+        assert version["checkpoint_sha256"] == job["model_sha256"]
+        _assert_released_in_mlflow(api, "s3", version, job, tmp_path)
 
 
 def test_killed_worker_resumes_from_checkpoint(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -20,6 +21,7 @@ from detrforge.platform.storage import open_store
 from detrforge.platform.tracking import Tracker
 from detrforge.registry.entities import Role
 from fixtures_cluster import TERMINAL_STATES, ApiHarness, head_alive, job_wait, wait_until
+from fixtures_mlflow import alias_checkpoint_sha256
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -145,8 +147,11 @@ def _assert_the_sla_constrains_the_pick(
 
 
 def test_sweep_asha_pareto_and_benchmark_history(
-    cluster_api: ApiHarness, synth_ds: DatasetInfo
+    server_cluster_api: ApiHarness, synth_ds: DatasetInfo, tmp_path: Path
 ) -> None:
+    """The sweep tracked on the MLflow server (PostgreSQL + S3) when the suite has one: nested
+    trial runs, their artifacts and the picked trial's release are read back from there."""
+    cluster_api = server_cluster_api
     _create_target(cluster_api)
     created = _submit(cluster_api, {**SWEEP, "dataset": synth_ds.root})
     assert created["kind"] == "sweep" and created["id"].startswith("sw-")
@@ -271,6 +276,27 @@ def test_sweep_asha_pareto_and_benchmark_history(
     )
     assert version["dataset_fingerprint"] == synth_ds.fingerprint
     assert version["params"]["num_queries"] == 50
+
+    # In MLflow the version hangs off the trial's nested run, and once in production
+    # models:/sweep-pick@production downloads the trial's checkpoint.
+    mirrored = tracker.client.get_model_version("sweep-pick", version["mlflow_version"])
+    assert mirrored.run_id == trials[pick_id]["mlflow_run_id"]
+    promoted = cluster_api.client.post(
+        "/api/v1/models/sweep-pick/versions/1/promotions",
+        json={"to": "production"},
+        headers=cluster_api.headers(Role.approver),
+    )
+    assert promoted.status_code == 202, promoted.text
+    wait_until(
+        lambda: tracker.client.get_registered_model("sweep-pick").aliases.get("production"),
+        until=lambda alias: str(alias) == version["mlflow_version"],
+        what="MLflow's production alias of sweep-pick to name v1",
+        timeout_s=60,
+    )
+    sha256 = alias_checkpoint_sha256(
+        tracker.tracking_uri, "sweep-pick", "production", tmp_path / "released"
+    )
+    assert sha256 == trials[pick_id]["checkpoint_sha256"]
 
 
 def test_stop_sweep_ends_every_trial(

@@ -10,6 +10,7 @@ from fastapi import Depends, Header, Request
 
 from detrforge.api.readiness import Readiness
 from detrforge.control.jobs import JobService
+from detrforge.control.mirror import MlflowMirror
 from detrforge.control.promotion import PromotionService
 from detrforge.control.sweeps import SweepService
 from detrforge.control.versions import VersionService
@@ -44,6 +45,7 @@ class Services:
     benchmarks: BenchmarkStore
     versions: VersionService
     promotions: PromotionService
+    mirror: MlflowMirror
     audit: AuditLog
     readiness: Readiness
     sweeps: SweepService

@@ -55,7 +55,10 @@ _FORWARDED_ENV = (
     "AWS_SESSION_TOKEN",
     "AWS_DEFAULT_REGION",
     "AWS_ENDPOINT_URL",
+    "MLFLOW_S3_ENDPOINT_URL",
     "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
 )
 
 
@@ -111,7 +114,13 @@ def build_services(settings: Settings) -> Services:
         ),
     )
     model_store = ModelStore(sessions)
-    mirror = MlflowMirror(store=model_store, tracker=tracker)
+    mirror = MlflowMirror(
+        store=model_store,
+        tracker=tracker,
+        artifact_root=artifact_root,
+        scratch_dir=settings.resolved_home() / "cache" / "mirror",
+        full_sync_interval_s=settings.mlflow_mirror_interval_s,
+    )
     versions = VersionService(
         store=model_store,
         jobs=jobs,
@@ -138,9 +147,14 @@ def build_services(settings: Settings) -> Services:
         benchmarks=benchmarks,
         versions=versions,
         promotions=promotions,
+        mirror=mirror,
         audit=AuditLog(sessions),
         readiness=Readiness(
-            engine=engine, launcher=launcher, tracker=tracker, artifact_root=artifact_root
+            engine=engine,
+            launcher=launcher,
+            tracker=tracker,
+            artifact_root=artifact_root,
+            mirror=mirror,
         ),
         sweeps=sweeps,
     )
@@ -203,8 +217,18 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             name="promoter",
             daemon=True,
         )
+        # Syncs every model to MLflow at start (repairing what a restart left behind), retries
+        # failed mirrors, and re-syncs everything every DETRFORGE_MLFLOW_MIRROR_INTERVAL_S.
+        mirror_thread = threading.Thread(
+            target=services.mirror.run_forever,
+            args=(stop,),
+            kwargs={"interval_s": settings.reconcile_interval_s},
+            name="mlflow-mirror",
+            daemon=True,
+        )
         worker.start()
         promoter.start()
+        mirror_thread.start()
         try:
             yield
         finally:
@@ -212,6 +236,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             services.promotions.wake.set()
             worker.join(timeout=10)
             promoter.join(timeout=10)
+            mirror_thread.join(timeout=10)
 
     app = FastAPI(
         title="detrforge",

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import Engine, text
 
+from detrforge.control.mirror import MlflowMirror
 from detrforge.platform.cluster import alive_node_count
 from detrforge.platform.launcher import Launcher
 from detrforge.platform.storage import open_store
@@ -55,6 +56,9 @@ class Readiness:
     launcher: Launcher
     tracker: Tracker
     artifact_root: str
+    # Its lag is reported under "mlflow" but never makes the API unready: the registry
+    # database is the source of truth and the mirror catches up by itself.
+    mirror: MlflowMirror | None = None
 
     def check(self, *, timeout_s: float = PROBE_TIMEOUT_S) -> list[ComponentStatus]:
         """Every probe, run in parallel; a probe that has not answered in time is down."""
@@ -118,7 +122,15 @@ class Readiness:
                 )
         else:
             self.tracker.client.search_experiments(max_results=1)
-        return f"tracking store {redact_url(uri)} answers"
+        message = f"tracking store {redact_url(uri)} answers"
+        lagging = self.mirror.lagging() if self.mirror is not None else []
+        if lagging:
+            first = lagging[0]
+            message += (
+                f"; the model registry mirror is behind for {len(lagging)} model(s), retrying "
+                f"(first: {first.model}, {first.attempts} failed attempt(s): {first.error[:200]})"
+            )
+        return message
 
     def _artifacts(self) -> str:
         root = self.artifact_root

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     api_url: str | None = None
     api_key: str | None = None
     reconcile_interval_s: float = 2.0
+    # How often every registered model is re-synced to MLflow's registry (also at start);
+    # a model whose mirror failed is retried sooner, with backoff (``control.mirror``).
+    mlflow_mirror_interval_s: float = Field(default=300.0, gt=0)
     # A job whose workers cannot be placed within this time is failed, not left pending forever.
     schedule_timeout_s: float = 600.0
     # Comma-separated failpoints for crash tests, e.g. "promotion.before_commit": the process

@@ -1,6 +1,9 @@
-"""The MLflow tags detrforge writes on runs and model versions: one name, one place.
+"""The MLflow tags detrforge writes on runs, logged models and model versions: one name, one
+place.
 
-Jobs write them, the control API reads them back when it reconciles a job with its run.
+Jobs write them, the control API reads them back when it reconciles a job with its run, and the
+MLflow mirror (``control.mirror``) writes ``VERSION``, ``CHECKPOINT_SHA256`` and
+``REGISTERED_MODEL`` on what it logs and registers, and finds them again by those tags.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Tag:
     ONNX_SHA256 = "detrforge.onnx_sha256"
     ONNX_URI = "detrforge.onnx_uri"
     RAY_JOB_ID = "detrforge.ray_job_id"
+    REGISTERED_MODEL = "detrforge.registered_model"
     RESOLUTION = "detrforge.resolution"
     SEARCHED = "detrforge.searched"
     SWEEP_BEST = "detrforge.sweep_best"

@@ -1,15 +1,22 @@
-"""MLflow tracking: one run per job, tagged ``detrforge.job_id``; the API reads results back."""
+"""MLflow tracking: one run per job, tagged ``detrforge.job_id``; the API reads results back.
+
+The tracking URI is an embedded store (``sqlite:///...``) or an MLflow server (``http(s)://``);
+everything here goes through ``MlflowClient``, so both behave the same. Against a server, the
+server decides where artifacts live (its ``--artifacts-destination`` or
+``--default-artifact-root``).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from detrforge.platform.tags import Tag
 
-__all__ = ["EXPERIMENT", "RunSummary", "Tracker", "flatten_params"]
+__all__ = ["EXPERIMENT", "LoggedModelRef", "RunSummary", "Tracker", "flatten_params"]
 
 EXPERIMENT = "detrforge"
 
@@ -36,6 +43,22 @@ class RunSummary:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class LoggedModelRef:
+    """An MLflow logged model (``models:/<model_id>``) and where its files are stored."""
+
+    model_id: str
+    artifact_location: str
+
+
+def _tag_filter(tags: Mapping[str, str]) -> str:
+    """An MLflow search filter matching every one of ``tags`` exactly."""
+    for value in tags.values():
+        if "'" in value:
+            raise ValueError(f"tag value {value!r} cannot be searched for (it has a quote)")
+    return " AND ".join(f"tags.`{key}` = '{value}'" for key, value in sorted(tags.items()))
+
+
 class Tracker:
     """A thin, explicit wrapper over ``MlflowClient`` bound to one tracking URI."""
 
@@ -50,14 +73,25 @@ class Tracker:
 
             private_sqlite_file(tracking_uri)
         self.artifact_root = artifact_root
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        # The model registry is the tracking store itself (MLflow's default), named explicitly
+        # so no process-wide MLFLOW_REGISTRY_URI can split them.
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    @property
+    def is_server(self) -> bool:
+        """Whether the tracking URI names an MLflow server rather than a local store."""
+        return self.tracking_uri.startswith(("http://", "https://"))
 
     def experiment_id(self, name: str = EXPERIMENT) -> str:
-        """The id of experiment ``name``, created (with our artifact location) if missing."""
+        """The id of experiment ``name``, created if missing: under our artifact root with an
+        embedded store; where the server puts artifacts with an MLflow server (a path on this
+        machine would mean nothing to the server or to the cluster's nodes)."""
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return str(experiment.experiment_id)
-        location = f"{self.artifact_root}/mlflow" if self.artifact_root else None
+        location = (
+            f"{self.artifact_root}/mlflow" if self.artifact_root and not self.is_server else None
+        )
         try:
             return str(self.client.create_experiment(name, artifact_location=location))
         except Exception:
@@ -66,6 +100,71 @@ class Tracker:
             if experiment is None:
                 raise
             return str(experiment.experiment_id)
+
+    def find_run(self, tags: Mapping[str, str]) -> str | None:
+        """The id of a run of the experiment carrying every one of ``tags``, if one exists."""
+        runs = self.client.search_runs(
+            [self.experiment_id()], filter_string=_tag_filter(tags), max_results=1
+        )
+        return str(runs[0].info.run_id) if runs else None
+
+    def run_exists(self, run_id: str) -> bool:
+        """Whether this tracking store has run ``run_id`` (not deleted)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_run(run_id).info.lifecycle_stage) == "active"
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+
+    def find_logged_model(self, tags: Mapping[str, str]) -> LoggedModelRef | None:
+        """A READY logged model of the experiment carrying every one of ``tags``, if any."""
+        from mlflow.entities import LoggedModelStatus
+
+        models = self.client.search_logged_models(
+            [self.experiment_id()], filter_string=_tag_filter(tags)
+        )
+        ready = [m for m in models if m.status == LoggedModelStatus.READY]
+        if not ready:
+            return None
+        oldest = min(ready, key=lambda m: (m.creation_timestamp, m.model_id))
+        return LoggedModelRef(str(oldest.model_id), str(oldest.artifact_location))
+
+    def log_model_folder(
+        self,
+        folder: Path,
+        *,
+        name: str,
+        source_run_id: str | None,
+        tags: Mapping[str, str],
+        params: Mapping[str, str],
+    ) -> LoggedModelRef:
+        """Log the files in ``folder`` as a new MLflow logged model, READY once all are stored.
+
+        An upload that fails marks the model FAILED (so ``find_logged_model`` never returns a
+        partial one) and raises.
+        """
+        from mlflow.entities import LoggedModelStatus
+
+        model = self.client.create_logged_model(
+            self.experiment_id(),
+            name=name,
+            source_run_id=source_run_id,
+            tags=dict(tags),
+            params=dict(params),
+        )
+        try:
+            self.client.log_model_artifacts(model.model_id, str(folder))
+        except BaseException:
+            try:
+                self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            except Exception:  # noqa: BLE001 - the upload's own error is the one to raise
+                pass
+            raise
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        return LoggedModelRef(str(model.model_id), str(model.artifact_location))
 
     def find_job_run(self, job_id: str) -> str | None:
         """The run id tagged with ``job_id``, if one exists."""
