@@ -198,3 +198,38 @@ def test_a_stored_model_size_is_checked_before_it_builds_a_request() -> None:
         "model_size",
         "model_size: unknown model size 'huge'; choose from nano, small, medium, large",
     )
+
+
+@pytest.mark.parametrize(
+    ("size", "resolution", "message"),
+    [
+        ("seg-nano", 320, "resolution 320 is not divisible by 12 (patch size 12 x 1 window for "
+         "RF-DETR seg-nano); use 312 or 324"),
+        ("seg-small", 400, "resolution 400 is not divisible by 24 (patch size 12 x 2 windows for "
+         "RF-DETR seg-small); use 384 or 408"),
+        ("seg-2xlarge", 2039, "resolution 2039 is not divisible by 24 (patch size 12 x 2 windows "
+         "for RF-DETR seg-2xlarge); use 2016 or 2040"),
+        ("seg-large", 60, "resolution 60 is out of range; use a multiple of 24 between 72 and "
+         "2040"),
+        ("nano", 130, "resolution 130 is not divisible by 32 (patch size 16 x 2 windows for "
+         "RF-DETR nano); use 128 or 160"),
+    ],
+)  # fmt: skip
+def test_segmentation_sizes_check_their_own_multiple(
+    size: str, resolution: int, message: str
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        check_resolution(size, resolution)
+    assert str(caught.value) == message
+
+
+def test_segmentation_defaults_are_valid_and_not_yet_trainable() -> None:
+    from detrforge.detector.specs import MODEL_SIZES, SEG_MODEL_SIZES
+
+    for size, (default, _) in SEG_MODEL_SIZES.items():
+        check_resolution(size, default)
+    assert nearest_resolutions(2047, 24) == [2040]
+    # Jobs build MODEL_SIZES only: a seg size is refused at the edge until its fine-tune exists.
+    assert not set(SEG_MODEL_SIZES) & set(MODEL_SIZES)
+    err = _error(model_size="seg-nano")
+    assert err.field == "model_size"

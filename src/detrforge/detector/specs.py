@@ -15,6 +15,7 @@ __all__ = [
     "MAX_SEED",
     "MODEL_SIZES",
     "RESOURCE_AMOUNTS_SCHEMA",
+    "SEG_MODEL_SIZES",
     "Backend",
     "BenchmarkRequest",
     "BenchmarkSpec",
@@ -42,6 +43,18 @@ MODEL_SIZES: dict[str, tuple[int, int]] = {
     "medium": (576, 32),
     "large": (704, 32),
 }
+# RF-DETR-Seg sizes (rfdetr 1.11.2's RFDETRSeg*Config): patch size 12, one window for Nano and two
+# for the rest. Their resolutions are checked here already; no spec takes them until the
+# segmentation fine-tune, model adapter and predictor do (MODEL_SIZES is what jobs can build).
+SEG_MODEL_SIZES: dict[str, tuple[int, int]] = {
+    "seg-nano": (312, 12),
+    "seg-small": (384, 24),
+    "seg-medium": (432, 24),
+    "seg-large": (504, 24),
+    "seg-xlarge": (624, 24),
+    "seg-2xlarge": (768, 24),
+}
+_PATCH_SIZE = {**dict.fromkeys(MODEL_SIZES, 16), **dict.fromkeys(SEG_MODEL_SIZES, 12)}
 MIN_RESOLUTION = 64
 
 
@@ -62,28 +75,41 @@ def as_model_size(value: str) -> ModelSize:
 MAX_RESOLUTION = 2048
 
 
+def _valid_range(multiple: int) -> tuple[int, int]:
+    """The smallest and largest multiples of ``multiple`` within the resolution limits."""
+    return -(-MIN_RESOLUTION // multiple) * multiple, (MAX_RESOLUTION // multiple) * multiple
+
+
 def nearest_resolutions(resolution: int, multiple: int) -> list[int]:
     """The valid resolutions closest to ``resolution`` (one or two values, ascending)."""
-    lower = max(MIN_RESOLUTION, (resolution // multiple) * multiple)
-    upper = min(MAX_RESOLUTION, lower + multiple)
+    low, high = _valid_range(multiple)
+    lower = min(high, max(low, (resolution // multiple) * multiple))
+    upper = min(high, lower + multiple)
     return sorted({lower, upper})
 
 
 def check_resolution(size: str, resolution: int) -> None:
-    """Raise ``ValueError`` naming the nearest valid values if ``resolution`` cannot work."""
-    if size not in MODEL_SIZES:
-        raise ValueError(f"unknown model size {size!r}; choose one of {sorted(MODEL_SIZES)}")
-    multiple = MODEL_SIZES[size][1]
-    if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
+    """Raise ``ValueError`` naming the nearest valid values if ``resolution`` cannot work.
+
+    ``size`` is a detection size (``MODEL_SIZES``) or a segmentation one (``SEG_MODEL_SIZES``).
+    """
+    sizes = {**MODEL_SIZES, **SEG_MODEL_SIZES}
+    if size not in sizes:
+        raise ValueError(f"unknown model size {size!r}; choose one of {sorted(sizes)}")
+    multiple = sizes[size][1]
+    low, high = _valid_range(multiple)
+    if not low <= resolution <= high:
         raise ValueError(
             f"resolution {resolution} is out of range; use a multiple of {multiple} "
-            f"between {MIN_RESOLUTION} and {MAX_RESOLUTION}"
+            f"between {low} and {high}"
         )
     if resolution % multiple:
         near = " or ".join(str(r) for r in nearest_resolutions(resolution, multiple))
+        patch = _PATCH_SIZE[size]
+        windows = multiple // patch
         raise ValueError(
-            f"resolution {resolution} is not divisible by {multiple} (patch size 16 x 2 windows "
-            f"for RF-DETR {size}); use {near}"
+            f"resolution {resolution} is not divisible by {multiple} (patch size {patch} x "
+            f"{windows} window{'s' if windows > 1 else ''} for RF-DETR {size}); use {near}"
         )
 
 
