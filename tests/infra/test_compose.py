@@ -11,10 +11,12 @@ from urllib.parse import urlsplit
 
 import pytest
 from infra_files import (
+    INFRA,
     compose,
     compose_environment,
     compose_variables,
     env_example,
+    manifests,
     settings_env_names,
 )
 
@@ -187,3 +189,15 @@ def test_variables_are_in_env_example_and_secrets_have_no_default() -> None:
         assert not variables[name] & {":-", "-"}, f"{name} has a default in compose.yaml"
     with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):
         compose({k: v for k, v in example.items() if k != "POSTGRES_PASSWORD"})
+
+
+def test_the_infra_readme_names_every_setting_and_variable() -> None:
+    services = compose()["services"]
+    names = set(compose_variables())
+    names |= {name for service in services.values() for name in compose_environment(service)}
+    for _, doc in manifests():
+        if doc["kind"] in ("ConfigMap", "Secret"):
+            names |= set(doc.get("data") or doc.get("stringData") or {})
+    readme = (INFRA / "README.md").read_text()
+    missing = sorted(name for name in names if f"`{name}" not in readme)
+    assert not missing, f"infra/README.md does not name {missing}"
