@@ -19,7 +19,7 @@ from detrforge.api.docs import install_docs
 from detrforge.api.errors import install_error_handlers
 from detrforge.api.limits import install_request_limits
 from detrforge.api.readiness import Readiness
-from detrforge.api.routes import evaluations, finetune, health, keys
+from detrforge.api.routes import evaluations, finetune, health, jobs, keys
 from detrforge.api.routes import models as model_routes
 from detrforge.api.routes import sweeps as sweep_routes
 from detrforge.api.routes import targets as target_routes
@@ -230,6 +230,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.include_router(health.router)
     app.include_router(keys.router)
     app.include_router(finetune.router)
+    app.include_router(jobs.router)
     app.include_router(evaluations.router)
     app.include_router(target_routes.router)
     app.include_router(sweep_routes.router)
