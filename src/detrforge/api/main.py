@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from detrforge import __version__
+from detrforge.api.console import install_console
 from detrforge.api.deps import Services
 from detrforge.api.docs import install_docs
 from detrforge.api.errors import install_error_handlers
@@ -225,6 +226,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     install_error_handlers(app)
     install_request_limits(app, max_bytes=settings.max_request_bytes)
     install_docs(app)
+    install_console(app, mlflow_ui_url=settings.resolved_mlflow_ui_url())
     app.add_middleware(RequestIdMiddleware)
 
     app.include_router(health.router)
