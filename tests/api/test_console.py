@@ -34,6 +34,8 @@ from fixtures_console import MLFLOW_UI, MODEL, PROBE, PROBE_DESCRIPTION, TARGET,
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 800}
+# Generous waits: in CI another worker trains models on the same two cores.
+expect.set_options(timeout=15_000)
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI") == "true":
@@ -96,6 +98,7 @@ class Tab:
 @pytest.fixture
 def tab(browser: Browser, console: Console, tmp_path: Path) -> Iterator[Tab]:
     context = browser.new_context(viewport=DESKTOP, accept_downloads=True)
+    context.set_default_timeout(30_000)
     shots = tmp_path / "screenshots"
     shots.mkdir()
     tab = Tab(page=context.new_page(), context=context, origin=console.url, shots=shots)
