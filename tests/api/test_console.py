@@ -281,6 +281,41 @@ def test_a_description_with_markup_is_shown_as_text(console: Console, tab: Tab) 
     tab.assert_offline_clean(console.keys[Role.viewer])
 
 
+def test_a_gate_with_an_interval_and_an_inconclusive_verdict_reads_as_such(tab: Tab) -> None:
+    # The paired latency gate (issue #12) adds an outcome, an interval and both arms' figures to
+    # a gate result; the promotion page renders them when present, and nothing breaks without.
+    tab.open("/console/")
+    shown = tab.page.evaluate(
+        """async () => {
+            const words = await import("/console/static/words.js");
+            const core = await import("/console/static/console.js");
+            const gate = {
+                gate: "max_p95_ratio", target: "cpu-local", metric: "latency_ms/p95",
+                candidate: 290.1, baseline: 259.0, threshold: 1.2, passed: false,
+                outcome: "inconclusive", interval: {low: 0.91, high: 1.41, level: 0.95},
+                detail: "inconclusive: p95 ratio 1.12 [0.91, 1.41] straddles 1.20", cv: 0.18,
+            };
+            const plain = {gate: "ap_floor", metric: "bbox/AP", candidate: 0.3, passed: true};
+            return {
+                outcome: [words.outcome(gate), words.outcome(plain)],
+                interval: [words.interval(gate), words.interval({interval: [0.9, 1.1]}),
+                           words.interval(plain)],
+                figures: [words.gateFigure(gate, "candidate"), words.gateFigure(gate, "threshold"),
+                          words.gateFigure(plain, "candidate")],
+                extra: words.extraFigures(gate).map(([name]) => name),
+                badge: core.badge(words.outcome(gate)).textContent,
+            };
+        }"""
+    )
+    assert shown == {
+        "outcome": ["inconclusive", "pass"],
+        "interval": ["[0.910, 1.410] (95%)", "[0.900, 1.100]", None],
+        "figures": ["290.1 ms", "1.20×", "0.3000"],
+        "extra": ["cv"],
+        "badge": "? INCONCLUSIVE",
+    }
+
+
 def test_jobs_sweeps_and_audit_pages(console: Console, tab: Tab) -> None:
     page = tab.page
     tab.sign_in(console.keys[Role.operator])
