@@ -13,6 +13,7 @@ pytest_plugins = [
     "fixtures_cluster",
     "fixtures_models",
     "fixtures_mlflow",
+    "fixtures_console",
 ]
 
 # What a developer's shell may point at real systems: a test sets every store it uses itself,

@@ -12,11 +12,20 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from detrforge.detector.data import DatasetInfo, require_valid_dataset
-from detrforge.detector.specs import BenchmarkSpec, EvaluateSpec, FinetuneSpec, parse_spec
+from detrforge.detector.specs import (
+    BenchmarkRequest,
+    BenchmarkSpec,
+    CheckpointChoice,
+    EvaluateRequest,
+    EvaluateSpec,
+    FinetuneSpec,
+    parse_spec,
+)
 from detrforge.platform.blobs import blob_sha256
 from detrforge.platform.errors import (
     ClusterError,
@@ -37,18 +46,30 @@ from detrforge.registry.entities import Job, JobState, Principal
 from detrforge.registry.jobs import JobStore
 from detrforge.registry.targets import TargetStore
 
-__all__ = ["FINETUNE_MODULE", "JobService", "measured_fields"]
+__all__ = ["FINETUNE_MODULE", "JobKind", "JobService", "measured_fields"]
 
 log = logging.getLogger(__name__)
 
+
+class JobKind(StrEnum):
+    """The kinds of job the platform runs on the cluster, one entry module each (``MODULES``)."""
+
+    finetune = "finetune"
+    evaluate = "evaluate"
+    benchmark = "benchmark"
+    sweep = "sweep"
+
+
 FINETUNE_MODULE = "detrforge.jobs.finetune"
 MODULES = {
-    "finetune": FINETUNE_MODULE,
-    "evaluate": "detrforge.jobs.evaluate",
-    "benchmark": "detrforge.jobs.benchmark",
-    "sweep": "detrforge.jobs.sweep",
+    JobKind.finetune: FINETUNE_MODULE,
+    JobKind.evaluate: "detrforge.jobs.evaluate",
+    JobKind.benchmark: "detrforge.jobs.benchmark",
+    JobKind.sweep: "detrforge.jobs.sweep",
 }
 
+# Request fields that name the weights; JobService.weights turns them into a spec's fields.
+_CHOICE_FIELDS = set(CheckpointChoice.model_fields)
 _RAY_TO_STATE = {
     "PENDING": JobState.PENDING,
     "RUNNING": JobState.RUNNING,
@@ -155,7 +176,7 @@ class JobService:
         args += ["--dataset-fingerprint", fingerprint or ""]
         try:
             submission_id = self.launcher.submit(
-                MODULES[kind], args, submission_id=job.id, metadata={Tag.JOB_ID: job.id}
+                MODULES[JobKind(kind)], args, submission_id=job.id, metadata={Tag.JOB_ID: job.id}
             )
         except ClusterError as exc:
             # Kept for the record, but never mistakable for a run that started and failed.
@@ -184,49 +205,51 @@ class JobService:
             )
         return job
 
-    def _checkpoint_fields(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Fill checkpoint, sha256, size and resolution from ``job_id`` (a finished fine-tune)."""
-        body = dict(body)
-        job_id = body.pop("job_id", None)
-        if job_id is None:
-            checkpoint = body.get("checkpoint")
-            registered = blob_sha256(checkpoint) if isinstance(checkpoint, str) else None
-            if registered is not None:
-                # A registered version's bytes: the job re-verifies them against their name.
-                body.setdefault("checkpoint_sha256", registered)
-            return body
-        job = self.finished_finetune(str(job_id), instead="a checkpoint URI")
-        body.setdefault("checkpoint", job.model_uri)
-        body.setdefault("checkpoint_sha256", job.model_sha256)
-        body.setdefault("model_size", job.spec.get("model_size", "nano"))
-        body.setdefault("resolution", job.spec.get("resolution"))
-        return body
+    def weights(self, choice: CheckpointChoice) -> dict[str, Any]:
+        """The checkpoint fields of a spec for ``choice``: its URI, or a finished fine-tune's
+        model (with that job's size and resolution unless the request gives its own)."""
+        if choice.job_id is not None:
+            job = self.finished_finetune(choice.job_id, instead="a checkpoint URI")
+            assert job.model_uri is not None
+            uri, sha256 = job.model_uri, choice.checkpoint_sha256 or job.model_sha256
+            size = choice.model_size or job.spec.get("model_size", "nano")
+            resolution = choice.resolution or job.spec.get("resolution")
+        else:
+            assert choice.checkpoint is not None
+            uri, size, resolution = choice.checkpoint, choice.model_size, choice.resolution
+            # A registered version's bytes: the job re-verifies them against their name.
+            sha256 = choice.checkpoint_sha256 or blob_sha256(uri)
+        fields: dict[str, Any] = {"checkpoint": uri, "checkpoint_sha256": sha256}
+        if size is not None:
+            fields["model_size"] = size
+        if resolution is not None:
+            fields["resolution"] = resolution
+        return fields
 
-    def submit_evaluation(self, body: Any, *, principal: Principal) -> Job:
+    def submit_evaluation(self, request: EvaluateRequest, *, principal: Principal) -> Job:
         """COCO AP of a checkpoint (or a fine-tune job's model) on a dataset split."""
-        if not isinstance(body, dict):
-            raise InvalidSpecError("the body must be a JSON object", field=None)
-        spec: EvaluateSpec = parse_spec(EvaluateSpec, self._checkpoint_fields(body))
+        options = request.model_dump(exclude=_CHOICE_FIELDS)
+        spec = parse_spec(EvaluateSpec, {**options, **self.weights(request)})
         self._check_checkpoint(spec.checkpoint, spec.checkpoint_sha256)
         info = self.intake_dataset(spec.dataset)
         return self.submit("evaluate", spec, principal=principal, fingerprint=info.fingerprint)
 
-    def submit_benchmark(self, body: Any, *, principal: Principal) -> Job:
+    def submit_benchmark(self, request: BenchmarkRequest, *, principal: Principal) -> Job:
         """Latency of a checkpoint on a named target; refused at once if no node has it."""
-        if not isinstance(body, dict):
-            raise InvalidSpecError("the body must be a JSON object", field=None)
-        body = self._checkpoint_fields(body)
-        target_name = body.get("target")
-        if not target_name:
-            raise InvalidSpecError("target: name a hardware target", field="target")
-        target = self.targets.get(str(target_name))
-        body["target_resources"] = dict(target.resources)
-        body.setdefault("backend", target.backend)
-        body.setdefault("precision", target.precision)
-        body.setdefault("batch_size", target.batch_size)
-        if target.num_threads is not None:
-            body.setdefault("num_threads", target.num_threads)
-        spec: BenchmarkSpec = parse_spec(BenchmarkSpec, body)
+        target = self.targets.get(request.target)
+        profile = {
+            "backend": target.backend,
+            "precision": target.precision,
+            "batch_size": target.batch_size,
+            "num_threads": target.num_threads,
+        }
+        options = request.model_dump(exclude=_CHOICE_FIELDS)
+        # What the request leaves out (None) comes from the target's profile.
+        options.update({k: v for k, v in profile.items() if options[k] is None})
+        spec = parse_spec(
+            BenchmarkSpec,
+            {**options, **self.weights(request), "target_resources": dict(target.resources)},
+        )
         if spec.precision != "fp32":
             raise InvalidSpecError(
                 f"precision {spec.precision} is not measured yet; use fp32", field="precision"
