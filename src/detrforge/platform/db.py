@@ -18,8 +18,19 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import URL, DateTime, Engine, MetaData, create_engine, event, func, make_url, select
-from sqlalchemy.engine import Dialect
+from sqlalchemy import (
+    URL,
+    CursorResult,
+    DateTime,
+    Engine,
+    MetaData,
+    create_engine,
+    event,
+    func,
+    make_url,
+    select,
+)
+from sqlalchemy.engine import Dialect, Result
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
@@ -29,10 +40,12 @@ __all__ = [
     "Base",
     "UtcDateTime",
     "alembic_config",
+    "database_now",
     "make_engine",
     "make_session_factory",
     "normalize_url",
     "private_sqlite_file",
+    "updated_rows",
     "upgrade_database",
     "utcnow",
 ]
@@ -64,6 +77,26 @@ class Base(DeclarativeBase):
 def utcnow() -> datetime:
     """The current time as a timezone-aware UTC datetime."""
     return datetime.now(UTC)
+
+
+def database_now(session: Session) -> datetime:
+    """The database server's clock (aware UTC) on PostgreSQL; this host's clock on SQLite.
+
+    Leases compare expiry times written by different API replicas: on PostgreSQL they all read
+    the one server clock, so skew between replica hosts does not matter. A SQLite database is on
+    one host, so every replica reads the same clock there anyway.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        now = session.scalar(select(func.now()))
+        assert isinstance(now, datetime)
+        return now.astimezone(UTC)
+    return utcnow()
+
+
+def updated_rows(result: Result[Any]) -> int:
+    """How many rows an UPDATE's WHERE matched: what a conditional write checks to know it won."""
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
