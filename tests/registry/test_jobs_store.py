@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from detrforge.platform.errors import InvalidSpecError, NotFoundError
+from detrforge.platform.errors import ConflictError, InvalidSpecError, NotFoundError
 from detrforge.registry.entities import JobState
 from detrforge.registry.jobs import JobStore
 
@@ -183,6 +183,39 @@ def test_terminal_state_is_final(job_store: JobStore, final: JobState) -> None:
     later = job_store.update(job_id, state=final, metrics={"bbox/AP": 0.25})
     assert later.state is final
     assert later.metrics == {"bbox/AP": 0.25}
+
+
+def test_a_job_recorded_under_a_chosen_id_exists_once(job_store: JobStore) -> None:
+    assert job_store.find("ev-0123456789ab") is None
+    job_id = _create(job_store, "evaluate", job_id="ev-0123456789ab")
+    assert job_id == "ev-0123456789ab"
+    with pytest.raises(ConflictError, match="job ev-0123456789ab exists already"):
+        _create(job_store, "evaluate", job_id="ev-0123456789ab")
+    found = job_store.find(job_id)
+    assert found is not None and found == job_store.get(job_id)
+
+
+def test_an_update_expecting_a_state_applies_only_in_that_state(job_store: JobStore) -> None:
+    job_id = _create(job_store)
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+    first = job_store.update(
+        job_id, expected_state=JobState.PENDING, state=JobState.RUNNING, started_at=started
+    )
+    # A second reconciler that also read PENDING saw the same change: its write is ignored.
+    second = job_store.update(
+        job_id,
+        expected_state=JobState.PENDING,
+        state=JobState.RUNNING,
+        started_at=started + timedelta(seconds=1),
+    )
+    assert second == first and second.started_at == started
+    done = job_store.update(
+        job_id, expected_state=JobState.RUNNING, state=JobState.SUCCEEDED, metrics={"a": 1.0}
+    )
+    late = job_store.update(
+        job_id, expected_state=JobState.RUNNING, state=JobState.SUCCEEDED, metrics={"a": 2.0}
+    )
+    assert late == done and late.metrics == {"a": 1.0}
 
 
 def test_list_nonterminal(job_store: JobStore) -> None:

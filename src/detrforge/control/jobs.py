@@ -143,14 +143,30 @@ class JobService:
             return
         require_capacity(nodes, per_worker, spec.num_workers)
 
-    def submit(self, kind: str, spec: Any, *, principal: Principal, fingerprint: str | None) -> Job:
-        """Record the job, then submit it; a refused submission fails the job, loses nothing."""
-        job = self.job_store.create(
-            kind=kind,
-            spec=spec.model_dump(mode="json"),
-            created_by=principal.principal,
-            dataset_fingerprint=fingerprint,
-        )
+    def submit(
+        self,
+        kind: str,
+        spec: Any,
+        *,
+        principal: Principal,
+        fingerprint: str | None,
+        job_id: str | None = None,
+    ) -> Job:
+        """Record the job, then submit it; a refused submission fails the job, loses nothing.
+        Idempotent on a ``job_id`` the caller recorded first: submitted once, else adopted."""
+        job = self.job_store.find(job_id) if job_id is not None else None
+        if job is not None and job.ray_submission_id:
+            return job  # submitted already (by this replica or one that died since)
+        if job is not None and job.is_terminal:
+            raise ClusterError(f"job {job.id} {job.error or 'never started'}")
+        if job is None:
+            job = self.job_store.create(
+                kind=kind,
+                spec=spec.model_dump(mode="json"),
+                created_by=principal.principal,
+                dataset_fingerprint=fingerprint,
+                job_id=job_id,
+            )
         args = ["--job-id", job.id, "--spec", spec.model_dump_json()]
         args += ["--dataset-fingerprint", fingerprint or ""]
         try:
@@ -158,6 +174,8 @@ class JobService:
                 MODULES[kind], args, submission_id=job.id, metadata={Tag.JOB_ID: job.id}
             )
         except ClusterError as exc:
+            if self.launcher.has_job(job.id):  # Ray took it; only its answer was lost
+                return self.job_store.update(job.id, ray_submission_id=job.id)
             # Kept for the record, but never mistakable for a run that started and failed.
             self.job_store.update(
                 job.id,
@@ -202,16 +220,22 @@ class JobService:
         body.setdefault("resolution", job.spec.get("resolution"))
         return body
 
-    def submit_evaluation(self, body: Any, *, principal: Principal) -> Job:
+    def submit_evaluation(
+        self, body: Any, *, principal: Principal, job_id: str | None = None
+    ) -> Job:
         """COCO AP of a checkpoint (or a fine-tune job's model) on a dataset split."""
         if not isinstance(body, dict):
             raise InvalidSpecError("the body must be a JSON object", field=None)
         spec: EvaluateSpec = parse_spec(EvaluateSpec, self._checkpoint_fields(body))
         self._check_checkpoint(spec.checkpoint, spec.checkpoint_sha256)
         info = self.intake_dataset(spec.dataset)
-        return self.submit("evaluate", spec, principal=principal, fingerprint=info.fingerprint)
+        return self.submit(
+            "evaluate", spec, principal=principal, fingerprint=info.fingerprint, job_id=job_id
+        )
 
-    def submit_benchmark(self, body: Any, *, principal: Principal) -> Job:
+    def submit_benchmark(
+        self, body: Any, *, principal: Principal, job_id: str | None = None
+    ) -> Job:
         """Latency of a checkpoint on a named target; refused at once if no node has it."""
         if not isinstance(body, dict):
             raise InvalidSpecError("the body must be a JSON object", field=None)
@@ -241,7 +265,9 @@ class JobService:
             field="target",
         )
         fingerprint = self.intake_dataset(spec.dataset).fingerprint if spec.dataset else None
-        return self.submit("benchmark", spec, principal=principal, fingerprint=fingerprint)
+        return self.submit(
+            "benchmark", spec, principal=principal, fingerprint=fingerprint, job_id=job_id
+        )
 
     def _check_checkpoint(self, uri: str, sha256: str | None) -> None:
         self.require_file(uri, field="checkpoint")
@@ -266,7 +292,8 @@ class JobService:
 
     # -- reconcile ------------------------------------------------------------------------------
     def reconcile(self, job_id: str) -> Job:
-        """Bring one job's row up to date with Ray and MLflow; terminal jobs are left alone."""
+        """Bring one job's row up to date with Ray and MLflow; terminal jobs are left alone.
+        Every replica reconciles: a write applies only if the job is still in the state read."""
         job = self.job_store.get(job_id)
         if job.is_terminal or not job.ray_submission_id:
             return job
@@ -275,6 +302,7 @@ class JobService:
         except NotFoundError:
             return self.job_store.update(
                 job_id,
+                expected_state=job.state,
                 state=JobState.FAILED,
                 error="the Ray cluster has no record of this job (was the cluster restarted?)",
                 finished_at=_now(),
@@ -303,7 +331,7 @@ class JobService:
                 "cluster could not place the workers (resources_per_worker, use_gpu) or is busy"
             )
             fields["finished_at"] = _now()
-        return self.job_store.update(job_id, state=state, **fields)
+        return self.job_store.update(job_id, expected_state=job.state, state=state, **fields)
 
     def record_benchmark(self, job: Job, run_id: str | None) -> None:
         """Append the benchmark's result to the history (idempotent per job)."""
