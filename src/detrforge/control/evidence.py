@@ -64,9 +64,11 @@ class JobEvidenceRunner:
         *,
         policy: GatePolicy,
         promotion_id: str,
+        job_id: str,
         reference: EvidenceResult | None,
     ) -> EvidenceResult:
-        """Reuse a result that already answers ``need``, or submit the job that will."""
+        """Reuse a result that already answers ``need``, or submit the job that will as
+        ``job_id`` (adopting the job if it was submitted already, by a replica that died)."""
         actor = SystemPrincipal(f"promotion:{promotion_id}")
         checkpoint = {
             "checkpoint": version.checkpoint_uri,
@@ -89,6 +91,7 @@ class JobEvidenceRunner:
                         "backend": policy.eval.backend,
                     },
                     principal=actor,
+                    job_id=job_id,
                 )
             else:
                 assert need.target is not None
@@ -106,6 +109,7 @@ class JobEvidenceRunner:
                         "model_version": version.version,
                     },
                     principal=actor,
+                    job_id=job_id,
                 )
         except ClusterError as exc:
             raise ClusterBusy(exc.message) from None
