@@ -132,3 +132,16 @@ def test_a_finished_promotion_is_finished_by_its_holder_and_leased_by_nobody(
     assert leases.acquire(promotion_id, B, ttl_s=30) is None
     applies, _ = registry_stores.audit.list(model_name="leased", action="promotion.apply")
     assert len(applies) == 1
+
+
+def test_a_dead_replicas_leases_pass_to_its_successor_at_once(
+    leases: LeaseStore, promotion_id: str
+) -> None:
+    successor = "host-a:303:cccc"  # serve restarted on A's home: A is known to be gone
+    assert leases.acquire(promotion_id, A, ttl_s=30) is not None
+
+    assert leases.transfer(A, successor) == [promotion_id]
+    holder = leases.holder(promotion_id)
+    assert holder is not None and holder.owner == successor
+    assert leases.transfer(A, B) == []
+    assert leases.acquire(promotion_id, successor, ttl_s=30) is not None

@@ -76,6 +76,15 @@ class PromotionLeases:
             except Exception:  # noqa: BLE001 - a flaky database must not end the renewer
                 log.exception("renewing promotion leases failed")
 
+    def take_over(self, previous_owner: str) -> list[str]:
+        """Take the leases of ``previous_owner`` at once, without waiting for them to expire:
+        only for a predecessor known to be dead (``serve`` restarted on the same home, whose
+        lock it held). Returns the promotion ids."""
+        taken = self.store.transfer(previous_owner, self.owner)
+        with self._lock:
+            self._held.update(taken)
+        return taken
+
     def release_all(self) -> None:
         """Give up every lease at once, so another replica resumes without waiting for expiry."""
         for promotion_id in self.held():

@@ -69,6 +69,22 @@ class LeaseStore:
             )
             return updated_rows(result) == 1
 
+    def transfer(self, from_owner: str, to_owner: str) -> list[str]:
+        """Hand every lease of ``from_owner`` (a replica known to be gone) to ``to_owner``;
+        returns the promotion ids."""
+        with self._sessions.begin() as session:
+            ids = session.scalars(
+                update(SqlPromotion)
+                .where(
+                    SqlPromotion.lease_owner == from_owner,
+                    SqlPromotion.state.in_(ACTIVE_STATE_VALUES),
+                )
+                .values(lease_owner=to_owner)
+                .returning(SqlPromotion.id),
+                execution_options={"synchronize_session": False},
+            ).all()
+            return list(ids)
+
     def holder(self, promotion_id: str) -> Lease | None:
         """The unexpired lease of the promotion, if anyone holds one."""
         with self._sessions() as session:
