@@ -214,7 +214,7 @@ def test_a_refused_submit_is_503_and_its_row_says_it_never_started(
 def test_a_job_without_a_model_is_refused_wherever_a_job_id_names_weights(
     offline_api: ApiHarness, synth_ds: DatasetInfo
 ) -> None:
-    """Registering a version and evaluating by ``job_id`` take only a SUCCEEDED fine-tune."""
+    """Registering, evaluating and benchmarking by ``job_id`` take only a SUCCEEDED fine-tune."""
     assert offline_api.submit({**TINY_SPEC, "dataset": synth_ds.root}).status_code == 503
     headers = offline_api.headers()
     [failed] = offline_api.client.get("/api/v1/finetune-jobs", headers=headers).json()["items"]
@@ -226,7 +226,13 @@ def test_a_job_without_a_model_is_refused_wherever_a_job_id_names_weights(
             {"job_id": failed["id"], "dataset": synth_ds.root},
             " fine-tune job or a checkpoint URI",
         ),
+        "/api/v1/benchmarks": (
+            {"job_id": failed["id"], "target": "offline-cpu"},
+            " fine-tune job or a checkpoint URI",
+        ),
     }
+    target = {"name": "offline-cpu", "resources": {"CPU": 1}}
+    assert offline_api.client.post("/api/v1/hardware-targets", json=target, headers=headers)
     for path, (body, ending) in attempts.items():
         response = offline_api.client.post(path, json=body, headers=headers)
         assert response.status_code == 422, (path, response.text)

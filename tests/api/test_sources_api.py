@@ -6,6 +6,7 @@ hash or size."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from detrforge.detector.data import DatasetInfo
+from detrforge.detector.synthetic import synth_dataset
 from detrforge.registry.entities import Role
 from fixtures_cluster import TINY_SPEC, ApiHarness, free_port, harness, make_settings
 from fixtures_s3 import S3Server
@@ -320,3 +322,41 @@ def test_s3_checkpoints_only_from_allowed_buckets(
         root = settings.resolved_artifact_root()
         assert version.json()["checkpoint_uri"] == f"{root}/blobs/sha256/{sha256}"
         assert version.json()["class_names"] == ["square", "circle"]
+
+
+def _break_masks(annotations: dict[str, Any]) -> set[str]:
+    """Three malformed masks in one file; the fields they should be reported under."""
+    polygons = [a for a in annotations["annotations"] if isinstance(a["segmentation"], list)]
+    rles = [a for a in annotations["annotations"] if isinstance(a["segmentation"], dict)]
+    polygons[0]["segmentation"][0].pop()  # an odd coordinate count
+    rles[0]["segmentation"] = {"size": [64, 128], "counts": [64 * 128]}  # not the image's size
+    rles[1]["segmentation"]["counts"] = "P1o"  # stops in the middle of a run
+    index = {id(a): i for i, a in enumerate(annotations["annotations"])}
+    return {
+        f"annotations[{index[id(polygons[0])]}].segmentation[0]",
+        f"annotations[{index[id(rles[0])]}].segmentation.size",
+        f"annotations[{index[id(rles[1])]}].segmentation.counts",
+    }
+
+
+def test_malformed_masks_are_422_naming_file_and_field(api: ApiHarness, tmp_path: Path) -> None:
+    root = tmp_path / "masked"
+    synth_dataset(root, seed=3, num_classes=2, train_images=6, valid_images=2, masks=True)
+    annotations_file = root / "train" / "_annotations.coco.json"
+    annotations = json.loads(annotations_file.read_text())
+    fields = _break_masks(annotations)
+    annotations_file.write_text(json.dumps(annotations))
+    requests = [
+        ("POST", "/finetune-jobs", {**TINY_SPEC, "dataset": str(root)}),
+        ("PUT", f"/models/{MODEL}/policy", {"eval": {"dataset": str(root)}, "ap_floor": 0.1}),
+    ]
+    for method, path, body in requests:
+        response = api.client.request(method, f"/api/v1{path}", json=body, headers=api.headers())
+        assert response.status_code == 422, response.text
+        refusal = response.json()
+        assert (refusal["code"], refusal["field"]) == ("INVALID_DATASET", "dataset")
+        assert {(p["file"], p["field"]) for p in refusal["details"]} == {
+            ("train/_annotations.coco.json", field) for field in fields
+        }
+        assert refusal["message"].startswith(f"dataset at {root} has 3 problem(s)")
+    assert _jobs_recorded(api) == 0

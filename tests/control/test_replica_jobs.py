@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from detrforge.api.deps import Services
 from detrforge.api.main import build_services
+from detrforge.detector.specs import EvaluateRequest
 from detrforge.platform.cluster import LocalRayHead
 from detrforge.registry.entities import Job, JobState, SystemPrincipal
 from detrforge.registry.jobs import new_job_id
@@ -142,26 +142,26 @@ def test_a_job_under_a_recorded_id_is_submitted_once_by_either_replica(
     sqlite_replicas: tuple[Services, Services], nano_checkpoint: Path, shapes_dataset: Path
 ) -> None:
     a, b = sqlite_replicas
-    body: dict[str, Any] = {
-        "checkpoint": str(nano_checkpoint),
-        "model_size": "nano",
-        "resolution": NANO_RESOLUTION,
-        "dataset": str(shapes_dataset),
-        "split": "valid",
-    }
+    body = EvaluateRequest(
+        checkpoint=str(nano_checkpoint),
+        model_size="nano",
+        resolution=NANO_RESOLUTION,
+        dataset=str(shapes_dataset),
+        split="valid",
+    )
     launcher = a.jobs.launcher
     twice, adopted, orphan = (new_job_id("evaluate") for _ in range(3))
     try:
         # A submits, and B (taking over) submits under the same id: one Ray job.
-        first = a.jobs.submit_evaluation(dict(body), principal=ACTOR, job_id=twice)
-        again = b.jobs.submit_evaluation(dict(body), principal=ACTOR, job_id=twice)
+        first = a.jobs.submit_evaluation(body, principal=ACTOR, job_id=twice)
+        again = b.jobs.submit_evaluation(body, principal=ACTOR, job_id=twice)
         assert again.id == first.id == first.ray_submission_id == twice
         launcher.stop(twice)  # its work is not the point; the cluster's CPUs are shared
 
         # A recorded the job, Ray accepted it, A died before storing the submission: B adopts.
         _record(a, adopted)
         launcher.submit("this", [], submission_id=adopted)
-        job = b.jobs.submit_evaluation(dict(body), principal=ACTOR, job_id=adopted)
+        job = b.jobs.submit_evaluation(body, principal=ACTOR, job_id=adopted)
         assert job.ray_submission_id == adopted
         assert wait_until(lambda: launcher.status(adopted).status, until=_ended, timeout_s=60) == (
             "SUCCEEDED"  # it is A's `python -m this` that ran, not a second evaluation
@@ -169,9 +169,7 @@ def test_a_job_under_a_recorded_id_is_submitted_once_by_either_replica(
 
         # A recorded the job and died before Ray saw it: B submits it.
         _record(a, orphan)
-        assert b.jobs.submit_evaluation(
-            dict(body), principal=ACTOR, job_id=orphan
-        ).ray_submission_id
+        assert b.jobs.submit_evaluation(body, principal=ACTOR, job_id=orphan).ray_submission_id
         launcher.stop(orphan)
 
         ours = {twice, adopted, orphan}

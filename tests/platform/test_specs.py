@@ -6,7 +6,16 @@ from typing import Any
 
 import pytest
 
-from detrforge.detector.specs import FinetuneSpec, check_resolution, nearest_resolutions, parse_spec
+from detrforge.detector.specs import (
+    BenchmarkRequest,
+    EvaluateRequest,
+    FinetuneSpec,
+    as_model_size,
+    check_resolution,
+    nearest_resolutions,
+    parse_spec,
+)
+from detrforge.detector.sweep_specs import SweepRequest, SweepSpec
 from detrforge.platform.errors import InvalidSpecError
 
 BASE: dict[str, Any] = {"dataset": "/data/ds"}
@@ -122,3 +131,105 @@ def test_spec_is_frozen_and_round_trips() -> None:
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error type
         spec.epochs = 3  # type: ignore[misc]
     assert FinetuneSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+# -- requests: what the API accepts before the control layer resolves weights and targets -------
+CHECKPOINT = "/models/m.pth"
+
+
+@pytest.mark.parametrize("request_cls", [EvaluateRequest, BenchmarkRequest])
+@pytest.mark.parametrize(
+    "weights", [{}, {"checkpoint": CHECKPOINT, "job_id": "j1"}], ids=["neither", "both"]
+)
+def test_a_request_names_its_weights_exactly_once(
+    request_cls: type[EvaluateRequest] | type[BenchmarkRequest], weights: dict[str, Any]
+) -> None:
+    body = {"dataset": "/data/d", "target": "cpu-local", **weights}
+    if request_cls is EvaluateRequest:
+        del body["target"]
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_spec(request_cls, body)
+    assert caught.value.field == "checkpoint"
+    assert caught.value.message == (
+        "checkpoint: give exactly one of checkpoint (a checkpoint URI) and job_id (a SUCCEEDED "
+        "fine-tune job)"
+    )
+
+
+def test_a_benchmark_request_leaves_the_profile_to_its_target() -> None:
+    request = parse_spec(BenchmarkRequest, {"job_id": "j1", "target": "cpu-local"})
+    assert (request.backend, request.precision, request.batch_size, request.num_threads) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    # The resolved resources are the server's to fill, never the caller's.
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_spec(BenchmarkRequest, {"job_id": "j1", "target": "t", "target_resources": {}})
+    assert caught.value.field == "target_resources"
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_spec(SweepRequest, {"dataset": "/d", "target": "t", "target_resources": {"CPU": 1}})
+    assert caught.value.field == "target_resources"
+
+
+def test_a_sweep_spec_is_its_request_with_the_targets_profile() -> None:
+    request = parse_spec(SweepRequest, {"dataset": "/d", "target": "t", "base": {"epochs": 2}})
+    assert request.backend is None
+    spec = parse_spec(
+        SweepSpec, {**request.model_dump(), "backend": "onnxruntime", "target_resources": {"X": 1}}
+    )
+    assert (spec.backend, spec.target_resources, spec.base) == (
+        "onnxruntime",
+        {"X": 1.0},
+        {"epochs": 2},
+    )
+    # The request's own checks run on both: a bad space is refused before any target is read.
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_spec(SweepRequest, {"dataset": "/d", "target": "t", "space": {"resolution": [100]}})
+    assert caught.value.field == "space.resolution"
+
+
+def test_a_stored_model_size_is_checked_before_it_builds_a_request() -> None:
+    assert as_model_size("small") == "small"
+    with pytest.raises(InvalidSpecError) as caught:
+        as_model_size("huge")
+    assert (caught.value.field, caught.value.message) == (
+        "model_size",
+        "model_size: unknown model size 'huge'; choose from nano, small, medium, large",
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "resolution", "message"),
+    [
+        ("seg-nano", 320, "resolution 320 is not divisible by 12 (patch size 12 x 1 window for "
+         "RF-DETR seg-nano); use 312 or 324"),
+        ("seg-small", 400, "resolution 400 is not divisible by 24 (patch size 12 x 2 windows for "
+         "RF-DETR seg-small); use 384 or 408"),
+        ("seg-2xlarge", 2039, "resolution 2039 is not divisible by 24 (patch size 12 x 2 windows "
+         "for RF-DETR seg-2xlarge); use 2016 or 2040"),
+        ("seg-large", 60, "resolution 60 is out of range; use a multiple of 24 between 72 and "
+         "2040"),
+        ("nano", 130, "resolution 130 is not divisible by 32 (patch size 16 x 2 windows for "
+         "RF-DETR nano); use 128 or 160"),
+    ],
+)  # fmt: skip
+def test_segmentation_sizes_check_their_own_multiple(
+    size: str, resolution: int, message: str
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        check_resolution(size, resolution)
+    assert str(caught.value) == message
+
+
+def test_segmentation_defaults_are_valid_and_not_yet_trainable() -> None:
+    from detrforge.detector.specs import MODEL_SIZES, SEG_MODEL_SIZES
+
+    for size, (default, _) in SEG_MODEL_SIZES.items():
+        check_resolution(size, default)
+    assert nearest_resolutions(2047, 24) == [2040]
+    # Jobs build MODEL_SIZES only: a seg size is refused at the edge until its fine-tune exists.
+    assert not set(SEG_MODEL_SIZES) & set(MODEL_SIZES)
+    err = _error(model_size="seg-nano")
+    assert err.field == "model_size"

@@ -26,6 +26,9 @@ def data_synth(
     test: Annotated[int, typer.Option(help="Test images.")] = 0,
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
     max_objects: int = 3,
+    masks: Annotated[
+        bool, typer.Option("--masks", help="Add each object's exact mask (polygons and RLE).")
+    ] = False,
 ) -> None:
     """Write a deterministic synthetic COCO dataset (coloured shapes)."""
     from detrforge.detector.synthetic import synth_dataset
@@ -40,21 +43,31 @@ def data_synth(
             test_images=test,
             image_size=size,
             max_objects=max_objects,
+            masks=masks,
         )
     except DetrforgeError as exc:
         _fail(exc.message, 2)
     typer.echo(f"wrote {out}: {info.num_images} images, classes {list(info.class_names)}")
+    if masks:
+        typer.echo(f"masks {info.num_masks}")
     typer.echo(f"fingerprint {info.fingerprint}")
 
 
 @data_app.command("validate")
 def data_validate(
-    path: Path, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+    path: Path,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    masks: Annotated[
+        bool, typer.Option("--masks", help="Require a mask on every object (segmentation).")
+    ] = False,
 ) -> None:
-    """Check a dataset in rfdetr's COCO layout; lists every problem with file and field."""
+    """Check a dataset in rfdetr's COCO layout; lists every problem with file and field.
+
+    Masks (polygons, RLE) are checked wherever present; --masks also requires one per object.
+    """
     from detrforge.detector.data import require_valid_dataset, validate_dataset
 
-    problems = validate_dataset(path)
+    problems = validate_dataset(path, require_masks=masks)
     if problems:
         if as_json:
             typer.echo(json.dumps({"valid": False, "problems": problems}, indent=2))
@@ -63,7 +76,7 @@ def data_validate(
                 typer.echo(f"{p['file']}: {p['field']}: {p['message']}")
             typer.secho(f"{len(problems)} problem(s)", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
-    info = require_valid_dataset(path)
+    info = require_valid_dataset(path, require_masks=masks)
     if as_json:
         typer.echo(
             json.dumps(
@@ -72,10 +85,13 @@ def data_validate(
                     "fingerprint": info.fingerprint,
                     "classes": info.class_names,
                     "images": info.num_images,
+                    "masks": info.num_masks,
                 },
                 indent=2,
             )
         )
     else:
         typer.echo(f"valid: {info.num_images} images, classes {list(info.class_names)}")
+        if any(info.num_masks.values()):
+            typer.echo(f"masks {info.num_masks}")
         typer.echo(f"fingerprint {info.fingerprint}")

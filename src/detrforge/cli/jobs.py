@@ -31,13 +31,19 @@ def eval_detections(
     annotations: Annotated[Path, typer.Option(help="COCO ground truth JSON.")],
     detections: Annotated[Path, typer.Option(help="COCO results JSON (a list).")],
     backend: Annotated[str, typer.Option(help="pycocotools or faster.")] = "pycocotools",
+    iou_type: Annotated[str, typer.Option(help="bbox (boxes) or segm (RLE masks).")] = "bbox",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """COCOeval bbox stats of an external detections file, under detrforge's metric names."""
+    """COCOeval stats of an external detections file, under detrforge's metric names."""
     from detrforge.detector.evaluation import evaluate_detections_files, format_stats_table
 
     try:
-        result = evaluate_detections_files(annotations, detections, backend=backend)
+        result = evaluate_detections_files(
+            annotations,
+            detections,
+            backend=backend,
+            iou_type=iou_type,
+        )
     except DetrforgeError as exc:
         _fail(f"{exc.field or 'input'}: {exc.message}", 2)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_stats_table(result))

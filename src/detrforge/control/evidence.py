@@ -20,6 +20,7 @@ from detrforge.control.promotion import (
     EvidenceNeed,
     EvidenceResult,
 )
+from detrforge.detector.specs import BenchmarkRequest, EvaluateRequest, as_model_size
 from detrforge.platform.errors import ClusterError, DetrforgeError
 from detrforge.platform.limits import MAX_PAGE_SIZE
 from detrforge.registry.benchmarks import BenchmarkStore
@@ -70,12 +71,6 @@ class JobEvidenceRunner:
         """Reuse a result that already answers ``need``, or submit the job that will as
         ``job_id`` (adopting the job if it was submitted already, by a replica that died)."""
         actor = SystemPrincipal(f"promotion:{promotion_id}")
-        checkpoint = {
-            "checkpoint": version.checkpoint_uri,
-            "checkpoint_sha256": version.checkpoint_sha256,
-            "model_size": version.model_size,
-            "resolution": version.resolution,
-        }
         try:
             if need.kind == "evaluate":
                 if policy.eval is None:
@@ -83,34 +78,34 @@ class JobEvidenceRunner:
                 reused = self._reusable_evaluation(version, policy)
                 if reused is not None:
                     return _ap_result(need, version.version, reused, reused=True)
-                job = self.jobs.submit_evaluation(
-                    {
-                        **checkpoint,
-                        "dataset": policy.eval.dataset,
-                        "split": policy.eval.split,
-                        "backend": policy.eval.backend,
-                    },
-                    principal=actor,
-                    job_id=job_id,
+                evaluation = EvaluateRequest(
+                    checkpoint=version.checkpoint_uri,
+                    checkpoint_sha256=version.checkpoint_sha256,
+                    model_size=as_model_size(version.model_size),
+                    resolution=version.resolution,
+                    dataset=policy.eval.dataset,
+                    split=policy.eval.split,
+                    backend=policy.eval.backend,
                 )
+                job = self.jobs.submit_evaluation(evaluation, principal=actor, job_id=job_id)
             else:
                 assert need.target is not None
                 if need.role == "baseline" and reference is not None:
                     record = self._reusable_benchmark(version, need.target, reference)
                     if record is not None:
                         return _p95_result(need, version.version, record, reused=True)
-                job = self.jobs.submit_benchmark(
-                    {
-                        **checkpoint,
-                        "target": need.target,
-                        "runs": policy.benchmark_runs,
-                        "warmup": policy.benchmark_warmup,
-                        "model_name": version.model_name,
-                        "model_version": version.version,
-                    },
-                    principal=actor,
-                    job_id=job_id,
+                benchmark = BenchmarkRequest(
+                    checkpoint=version.checkpoint_uri,
+                    checkpoint_sha256=version.checkpoint_sha256,
+                    model_size=as_model_size(version.model_size),
+                    resolution=version.resolution,
+                    target=need.target,
+                    runs=policy.benchmark_runs,
+                    warmup=policy.benchmark_warmup,
+                    model_name=version.model_name,
+                    model_version=version.version,
                 )
+                job = self.jobs.submit_benchmark(benchmark, principal=actor, job_id=job_id)
         except ClusterError as exc:
             raise ClusterBusy(exc.message) from None
         except DetrforgeError as exc:

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from detrforge.detector.data import DatasetInfo, require_valid_dataset
-from detrforge.detector.specs import BenchmarkSpec, EvaluateSpec, FinetuneSpec, parse_spec
+from detrforge.detector.specs import (
+    BenchmarkRequest,
+    BenchmarkSpec,
+    CheckpointChoice,
+    EvaluateRequest,
+    EvaluateSpec,
+    FinetuneSpec,
+    parse_spec,
+)
 from detrforge.platform.blobs import blob_sha256
 from detrforge.platform.errors import (
     ClusterError,
@@ -49,6 +57,8 @@ MODULES = {
     "sweep": "detrforge.jobs.sweep",
 }
 
+# Request fields that name the weights; JobService.weights turns them into a spec's fields.
+_CHOICE_FIELDS = set(CheckpointChoice.model_fields)
 _RAY_TO_STATE = {
     "PENDING": JobState.PENDING,
     "RUNNING": JobState.RUNNING,
@@ -202,31 +212,33 @@ class JobService:
             )
         return job
 
-    def _checkpoint_fields(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Fill checkpoint, sha256, size and resolution from ``job_id`` (a finished fine-tune)."""
-        body = dict(body)
-        job_id = body.pop("job_id", None)
-        if job_id is None:
-            checkpoint = body.get("checkpoint")
-            registered = blob_sha256(checkpoint) if isinstance(checkpoint, str) else None
-            if registered is not None:
-                # A registered version's bytes: the job re-verifies them against their name.
-                body.setdefault("checkpoint_sha256", registered)
-            return body
-        job = self.finished_finetune(str(job_id), instead="a checkpoint URI")
-        body.setdefault("checkpoint", job.model_uri)
-        body.setdefault("checkpoint_sha256", job.model_sha256)
-        body.setdefault("model_size", job.spec.get("model_size", "nano"))
-        body.setdefault("resolution", job.spec.get("resolution"))
-        return body
+    def weights(self, choice: CheckpointChoice) -> dict[str, Any]:
+        """The checkpoint fields of a spec for ``choice``: its URI, or a finished fine-tune's
+        model (with that job's size and resolution unless the request gives its own)."""
+        if choice.job_id is not None:
+            job = self.finished_finetune(choice.job_id, instead="a checkpoint URI")
+            assert job.model_uri is not None
+            uri, sha256 = job.model_uri, choice.checkpoint_sha256 or job.model_sha256
+            size = choice.model_size or job.spec.get("model_size", "nano")
+            resolution = choice.resolution or job.spec.get("resolution")
+        else:
+            assert choice.checkpoint is not None
+            uri, size, resolution = choice.checkpoint, choice.model_size, choice.resolution
+            # A registered version's bytes: the job re-verifies them against their name.
+            sha256 = choice.checkpoint_sha256 or blob_sha256(uri)
+        fields: dict[str, Any] = {"checkpoint": uri, "checkpoint_sha256": sha256}
+        if size is not None:
+            fields["model_size"] = size
+        if resolution is not None:
+            fields["resolution"] = resolution
+        return fields
 
     def submit_evaluation(
-        self, body: Any, *, principal: Principal, job_id: str | None = None
+        self, request: EvaluateRequest, *, principal: Principal, job_id: str | None = None
     ) -> Job:
         """COCO AP of a checkpoint (or a fine-tune job's model) on a dataset split."""
-        if not isinstance(body, dict):
-            raise InvalidSpecError("the body must be a JSON object", field=None)
-        spec: EvaluateSpec = parse_spec(EvaluateSpec, self._checkpoint_fields(body))
+        options = request.model_dump(exclude=_CHOICE_FIELDS)
+        spec = parse_spec(EvaluateSpec, {**options, **self.weights(request)})
         self._check_checkpoint(spec.checkpoint, spec.checkpoint_sha256)
         info = self.intake_dataset(spec.dataset)
         return self.submit(
@@ -234,23 +246,23 @@ class JobService:
         )
 
     def submit_benchmark(
-        self, body: Any, *, principal: Principal, job_id: str | None = None
+        self, request: BenchmarkRequest, *, principal: Principal, job_id: str | None = None
     ) -> Job:
         """Latency of a checkpoint on a named target; refused at once if no node has it."""
-        if not isinstance(body, dict):
-            raise InvalidSpecError("the body must be a JSON object", field=None)
-        body = self._checkpoint_fields(body)
-        target_name = body.get("target")
-        if not target_name:
-            raise InvalidSpecError("target: name a hardware target", field="target")
-        target = self.targets.get(str(target_name))
-        body["target_resources"] = dict(target.resources)
-        body.setdefault("backend", target.backend)
-        body.setdefault("precision", target.precision)
-        body.setdefault("batch_size", target.batch_size)
-        if target.num_threads is not None:
-            body.setdefault("num_threads", target.num_threads)
-        spec: BenchmarkSpec = parse_spec(BenchmarkSpec, body)
+        target = self.targets.get(request.target)
+        profile = {
+            "backend": target.backend,
+            "precision": target.precision,
+            "batch_size": target.batch_size,
+            "num_threads": target.num_threads,
+        }
+        options = request.model_dump(exclude=_CHOICE_FIELDS)
+        # What the request leaves out (None) comes from the target's profile.
+        options.update({k: v for k, v in profile.items() if options[k] is None})
+        spec = parse_spec(
+            BenchmarkSpec,
+            {**options, **self.weights(request), "target_resources": dict(target.resources)},
+        )
         if spec.precision != "fp32":
             raise InvalidSpecError(
                 f"precision {spec.precision} is not measured yet; use fp32", field="precision"

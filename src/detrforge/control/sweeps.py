@@ -17,7 +17,7 @@ from typing import Any
 from detrforge.control.jobs import JobService, measured_fields
 from detrforge.control.versions import VersionSource
 from detrforge.detector.specs import parse_spec
-from detrforge.detector.sweep_specs import SweepSpec
+from detrforge.detector.sweep_specs import SweepRequest, SweepSpec
 from detrforge.platform.errors import ConflictError, InvalidSpecError, NotFoundError
 from detrforge.platform.launcher import require_resources
 from detrforge.platform.tags import Tag
@@ -48,23 +48,20 @@ class SweepService:
     jobs: JobService
 
     # -- submit ---------------------------------------------------------------------------
-    def submit(self, body: Any, *, principal: ApiKey) -> Job:
-        """Validate the sweep, its dataset and target (placeable), then submit it as one job."""
-        if not isinstance(body, dict):
-            raise InvalidSpecError("the body must be a JSON object", field=None)
-        body = {k: v for k, v in body.items() if k != "target_resources"}
-        parse_spec(SweepSpec, body)  # the space first: its errors need no cluster or target
-        target = self.jobs.targets.get(str(body["target"]))
+    def submit(self, request: SweepRequest, *, principal: ApiKey) -> Job:
+        """Validate the sweep's dataset and target (placeable), then submit it as one job."""
+        target = self.jobs.targets.get(request.target)
         if target.precision != "fp32":
             raise InvalidSpecError(
                 f"target {target.name!r} measures {target.precision}; sweeps measure fp32 only",
                 field="target",
             )
-        body["target_resources"] = dict(target.resources)
-        body.setdefault("backend", target.backend)
-        if target.num_threads is not None:
-            body.setdefault("bench_threads", target.num_threads)
-        spec: SweepSpec = parse_spec(SweepSpec, body)
+        profile = {
+            "target_resources": dict(target.resources),
+            "backend": request.backend or target.backend,
+            "bench_threads": request.bench_threads or target.num_threads,
+        }
+        spec = parse_spec(SweepSpec, {**request.model_dump(), **profile})
         weights = spec.base.get("pretrain_weights")
         if weights:
             self.jobs.require_file(str(weights), field="base.pretrain_weights")

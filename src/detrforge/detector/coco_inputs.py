@@ -3,7 +3,8 @@
 pycocotools and faster-coco-eval both mutate the annotation dicts they are given (``ignore``,
 ``area``, ``id``), and both silently ignore detections whose image or category is not in the ground
 truth, which is how a label-id mix-up turns into AP ~0 unnoticed; so every such detection is an
-error here, naming the field.
+error here, naming the field. For ``segm`` the masks are read first too
+(:mod:`detrforge.detector.mask_checks`): pycocotools trusts RLE sizes and counts blindly.
 """
 
 from __future__ import annotations
@@ -13,13 +14,26 @@ import math
 import os
 from collections.abc import Mapping
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, Literal
 
+from detrforge.detector.mask_checks import FieldProblem, has_segmentation, read_segmentation
+from detrforge.detector.masks import compressed_rle
 from detrforge.platform.errors import DatasetProblem, InvalidDatasetError, InvalidSpecError
 
-__all__ = ["PathInput", "is_int", "load_coco_json", "prepare_detections", "prepare_ground_truth"]
+__all__ = [
+    "IOU_TYPES",
+    "IouType",
+    "PathInput",
+    "image_grids",
+    "is_int",
+    "load_coco_json",
+    "prepare_detections",
+    "prepare_ground_truth",
+]
 
 PathInput = str | os.PathLike[str]
+IouType = Literal["bbox", "segm"]
+IOU_TYPES: tuple[IouType, ...] = ("bbox", "segm")
 
 _MAX_PROBLEMS = 20  # problems listed in an error's details; the message gives the total
 
@@ -60,8 +74,11 @@ def _is_xywh(value: Any) -> bool:
     )
 
 
-def prepare_ground_truth(gt: Any, source: str) -> dict[str, Any]:
-    """Validate a COCO ground-truth dict and return a copy the COCO libraries may mutate."""
+def prepare_ground_truth(gt: Any, source: str, *, iou_type: IouType = "bbox") -> dict[str, Any]:
+    """Validate a COCO ground-truth dict and return a copy the COCO libraries may mutate.
+
+    For ``segm`` every image needs its width and height and every annotation a readable mask.
+    """
     if not isinstance(gt, Mapping):
         raise InvalidDatasetError(
             f"annotations from {source} must be a COCO object with 'images', 'annotations' and "
@@ -83,8 +100,14 @@ def prepare_ground_truth(gt: Any, source: str) -> dict[str, Any]:
     for i, img in enumerate(gt["images"]):
         if not isinstance(img, Mapping) or not is_int(img.get("id")):
             problem(f"images[{i}].id", "each image needs an integer 'id'")
-        else:
-            images.append({**img, "id": int(img["id"])})
+            continue
+        if iou_type == "segm":
+            bad = [k for k in ("width", "height") if not (is_int(img.get(k)) and img[k] > 0)]
+            for key in bad:
+                problem(f"images[{i}].{key}", f"segm evaluation needs the image's {key} in pixels")
+            if bad:
+                continue
+        images.append({**img, "id": int(img["id"])})
     categories: list[dict[str, Any]] = []
     for i, cat in enumerate(gt["categories"]):
         if not isinstance(cat, Mapping) or not is_int(cat.get("id")):
@@ -92,6 +115,7 @@ def prepare_ground_truth(gt: Any, source: str) -> dict[str, Any]:
         else:
             categories.append({**cat, "id": int(cat["id"])})
     image_ids = {img["id"] for img in images}
+    grids = image_grids(images) if iou_type == "segm" else {}
     cat_ids = {cat["id"] for cat in categories}
 
     annotations: list[dict[str, Any]] = []
@@ -111,6 +135,9 @@ def prepare_ground_truth(gt: Any, source: str) -> dict[str, Any]:
             continue
         if not _is_xywh(ann.get("bbox")):
             problem(f"{where}.bbox", "bbox must be [x, y, width, height] with width, height >= 0")
+            continue
+        grid = grids.get(ann["image_id"])
+        if grid is not None and not _mask_ok(ann, where, grid, problems, source):
             continue
         bbox = [float(v) for v in ann["bbox"]]
         area = ann.get("area")
@@ -133,6 +160,32 @@ def prepare_ground_truth(gt: Any, source: str) -> dict[str, Any]:
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
+def image_grids(images: list[dict[str, Any]]) -> dict[int, tuple[int, int]]:
+    """Image id -> (width, height) of validated ``segm`` ground-truth images."""
+    return {img["id"]: (int(img["width"]), int(img["height"])) for img in images}
+
+
+def _mask_ok(
+    ann: Mapping[str, Any],
+    where: str,
+    grid: tuple[int, int],
+    problems: list[DatasetProblem],
+    source: str,
+) -> bool:
+    found: list[FieldProblem] = []
+    if not has_segmentation(ann.get("segmentation")):
+        found.append(
+            FieldProblem(
+                f"{where}.segmentation",
+                "segm evaluation needs a mask (polygons or RLE) on every ground-truth object",
+            )
+        )
+    else:
+        read_segmentation(ann["segmentation"], where, grid, found)
+    problems += [DatasetProblem(file=source, field=p.field, message=p.message) for p in found]
+    return not found
+
+
 def _raise_dataset(problems: list[DatasetProblem], source: str) -> None:
     first = problems[0]
     more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
@@ -144,9 +197,19 @@ def _raise_dataset(problems: list[DatasetProblem], source: str) -> None:
 
 
 def prepare_detections(
-    detections: Any, image_ids: set[int], cat_ids: set[int]
+    detections: Any,
+    image_ids: set[int],
+    cat_ids: set[int],
+    *,
+    grids: Mapping[int, tuple[int, int]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Validate COCO result dicts and return normalized copies (the libraries mutate them)."""
+    """Validate COCO result dicts and return normalized copies (the libraries mutate them).
+
+    With ``grids`` (image id -> (width, height)) the results are masks for ``segm``: each needs
+    an RLE ``segmentation`` at its image's size, and any ``bbox`` is dropped, because pycocotools
+    would otherwise take a detection's area from its box, not its mask, and sort it into the
+    wrong small/medium/large range (detectron2 drops it for the same reason).
+    """
     if not isinstance(detections, (list, tuple)):
         hint = (
             " (this looks like a ground-truth file, not detections)"
@@ -165,7 +228,8 @@ def prepare_detections(
         if not isinstance(det, Mapping):
             problems.append({"field": where, "message": "must be an object"})
             continue
-        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in det]
+        shape = "bbox" if grids is None else "segmentation"
+        missing = [k for k in ("image_id", "category_id", shape, "score") if k not in det]
         if missing:
             problems.append({"field": where, "message": f"missing {', '.join(missing)}"})
             continue
@@ -190,7 +254,7 @@ def prepare_detections(
                 }
             )
             continue
-        if not _is_xywh(det["bbox"]):
+        if grids is None and not _is_xywh(det["bbox"]):
             problems.append(
                 {
                     "field": f"{where}.bbox",
@@ -198,17 +262,27 @@ def prepare_detections(
                 }
             )
             continue
+        if grids is not None:
+            found: list[FieldProblem] = []
+            read_segmentation(
+                det["segmentation"], where, grids[int(image_id)], found, polygons=False
+            )
+            if found:
+                problems += [{"field": p.field, "message": p.message} for p in found[:1]]
+                continue
         if not _is_number(det["score"]):
             problems.append({"field": f"{where}.score", "message": "score must be a number"})
             continue
-        out.append(
-            {
-                "image_id": int(image_id),
-                "category_id": int(category_id),
-                "bbox": [float(v) for v in det["bbox"]],
-                "score": float(det["score"]),
-            }
-        )
+        copy: dict[str, Any] = {"image_id": int(image_id), "category_id": int(category_id)}
+        if grids is None:
+            copy["bbox"] = [float(v) for v in det["bbox"]]
+        else:
+            # Compressed with str counts, the one form both libraries read (and JSON can hold).
+            height, width = det["segmentation"]["size"]
+            rle = compressed_rle(det["segmentation"], height, width)
+            copy["segmentation"] = {"size": [height, width], "counts": rle["counts"].decode()}
+        copy["score"] = float(det["score"])
+        out.append(copy)
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise InvalidSpecError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,28 +41,37 @@ class DatasetInfo:
     category_ids: tuple[int, ...]
     num_images: dict[str, int]
     num_annotations: dict[str, int]
+    # Annotations that carry a mask (polygons or RLE), per split.
+    num_masks: dict[str, int] = field(default_factory=dict)
 
 
 def validate_dataset(
-    root: Path, *, max_annotation_bytes: int = DEFAULT_MAX_ANNOTATION_BYTES
+    root: Path,
+    *,
+    max_annotation_bytes: int = DEFAULT_MAX_ANNOTATION_BYTES,
+    require_masks: bool = False,
 ) -> list[DatasetProblem]:
     """Every problem in the dataset at ``root``; an empty list means it is valid.
 
-    An annotation file larger than ``max_annotation_bytes`` is a problem, not read.
+    An annotation file larger than ``max_annotation_bytes`` is a problem, not read. Masks are
+    checked wherever present; ``require_masks`` (segmentation) wants one on every object.
     """
-    return scan_dataset(Path(root), max_annotation_bytes)[0]
+    return scan_dataset(Path(root), max_annotation_bytes, require_masks=require_masks)[0]
 
 
 def require_valid_dataset(
-    root: Path, *, max_annotation_bytes: int = DEFAULT_MAX_ANNOTATION_BYTES
+    root: Path,
+    *,
+    max_annotation_bytes: int = DEFAULT_MAX_ANNOTATION_BYTES,
+    require_masks: bool = False,
 ) -> DatasetInfo:
-    """Describe the dataset at ``root``.
+    """Describe the dataset at ``root``; ``require_masks`` as in :func:`validate_dataset`.
 
     Raises:
         InvalidDatasetError: listing every problem in ``details`` when the dataset is not valid.
     """
     root = Path(root)
-    problems, splits = scan_dataset(root, max_annotation_bytes)
+    problems, splits = scan_dataset(root, max_annotation_bytes, require_masks=require_masks)
     if problems:
         first = problems[0]
         raise InvalidDatasetError(
@@ -80,6 +89,7 @@ def require_valid_dataset(
         category_ids=tuple(int(category["id"]) for category in kept),
         num_images={name: split.num_images for name, split in splits.items()},
         num_annotations={name: split.num_annotations for name, split in splits.items()},
+        num_masks={name: split.num_masks for name, split in splits.items()},
     )
 
 
@@ -118,7 +128,9 @@ def category_id_of(category: Mapping[str, Any]) -> int | None:
 def fingerprint_dataset(root: Path, *, splits: Sequence[str] = SPLITS) -> str:
     """Sha256 over every split's canonical annotation JSON and every other file's bytes.
 
-    Depends only on relative paths and contents, so copies of a dataset share a fingerprint.
+    Depends only on relative paths and contents, so copies of a dataset share a fingerprint. The
+    canonical JSON holds every annotation field, masks (polygons, RLE) included, so one moved
+    polygon point changes it; the format is versioned and unchanged since box-only datasets.
     ``splits=("valid",)`` fingerprints one evaluation split alone.
 
     Raises:

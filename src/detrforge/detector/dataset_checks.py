@@ -14,6 +14,13 @@ from typing import Any, TypeGuard
 
 from PIL import Image
 
+from detrforge.detector.mask_checks import (
+    EDGE_TOLERANCE_PX,
+    FieldProblem,
+    has_segmentation,
+    mask_problems,
+    read_segmentation,
+)
 from detrforge.platform.errors import DatasetProblem
 from detrforge.platform.limits import DEFAULT_MAX_ANNOTATION_BYTES
 
@@ -30,8 +37,6 @@ SPLITS = ("train", "valid", "test")
 REQUIRED_SPLITS = ("train", "valid")
 ANNOTATION_FILE = "_annotations.coco.json"
 
-# A box may overshoot the image by this many pixels (rounding in exporters) before it is a problem.
-BBOX_TOLERANCE_PX = 1.0
 _REQUIRED_KEYS = {
     "images": ("id", "file_name", "width", "height"),
     "annotations": ("id", "image_id", "category_id", "bbox", "area", "iscrowd"),
@@ -48,6 +53,7 @@ class SplitSummary:
     annotated_ids: set[int]
     num_images: int
     num_annotations: int
+    num_masks: int
 
 
 def _problem(file: str, field: str, message: str) -> DatasetProblem:
@@ -74,9 +80,13 @@ def root_problem(root: Path) -> DatasetProblem | None:
 
 
 def scan_dataset(
-    root: Path, max_annotation_bytes: int
+    root: Path, max_annotation_bytes: int, *, require_masks: bool = False
 ) -> tuple[list[DatasetProblem], dict[str, SplitSummary]]:
-    """Every problem in the dataset at ``root``, and what each readable split holds."""
+    """Every problem in the dataset at ``root``, and what each readable split holds.
+
+    Masks are checked wherever an annotation has one; ``require_masks`` also makes a missing
+    mask on an object (not a crowd region) a problem, as a segmentation model needs.
+    """
     problem = root_problem(root)
     if problem is not None:
         return [problem], {}
@@ -85,7 +95,9 @@ def scan_dataset(
     for name in SPLITS:
         split_dir = root / name
         if split_dir.is_dir():
-            parsed = _SplitChecker(split_dir, name, problems, max_annotation_bytes).run()
+            parsed = _SplitChecker(
+                split_dir, name, problems, max_annotation_bytes, require_masks=require_masks
+            ).run()
             if parsed is not None:
                 splits[name] = parsed
         elif split_dir.exists():
@@ -109,12 +121,19 @@ class _SplitChecker:
         split: str,
         problems: list[DatasetProblem],
         max_annotation_bytes: int = DEFAULT_MAX_ANNOTATION_BYTES,
+        *,
+        require_masks: bool = False,
     ) -> None:
         self.max_annotation_bytes = max_annotation_bytes
         self.split_dir = split_dir
         self.split = split
         self.ann_file = f"{split}/{ANNOTATION_FILE}"
         self.problems = problems
+        self.require_masks = require_masks
+        # Image id -> (width, height) where the JSON agrees with the decodable file: masks are
+        # rasterised on that grid, so they are checked against the image only where it is known.
+        self.mask_grids: dict[int, tuple[int, int]] = {}
+        self.num_masks = 0
 
     def add(self, field: str, message: str, *, file: str | None = None) -> None:
         self.problems.append(_problem(file or self.ann_file, field, message))
@@ -152,6 +171,7 @@ class _SplitChecker:
             annotated_ids=annotated,
             num_images=len(images or []),
             num_annotations=len(annotations or []),
+            num_masks=self.num_masks,
         )
 
     def _load(self) -> dict[str, Any] | None:
@@ -248,21 +268,25 @@ class _SplitChecker:
                     size_ok = False
                     self.add(f"{where}.{key}", f"{key} must be a positive integer")
             json_size = (entry["width"], entry["height"]) if size_ok else None
-            if self._unique_id(entry, where, seen):
+            unique = self._unique_id(entry, where, seen)
+            if unique:
                 sizes[entry["id"]] = json_size
             if "file_name" in entry:
-                self._image_file(entry["file_name"], json_size, where)
+                verified = self._image_file(entry["file_name"], json_size, where)
+                if unique and verified and json_size is not None:
+                    self.mask_grids[entry["id"]] = json_size
         return sizes
 
-    def _image_file(self, file_name: Any, json_size: tuple[int, int] | None, where: str) -> None:
+    def _image_file(self, file_name: Any, json_size: tuple[int, int] | None, where: str) -> bool:
+        """Checks the image file; whether it decodes at the size the JSON declares."""
         field_name = f"{where}.file_name"
         if not isinstance(file_name, str) or not file_name:
             self.add(field_name, f"file_name must be a non-empty string, not {file_name!r}")
-            return
+            return False
         relative = PurePosixPath(file_name)
         if relative.is_absolute() or ".." in relative.parts:
             self.add(field_name, f"{file_name!r} must be a path inside the {self.split}/ folder")
-            return
+            return False
         image_file = f"{self.split}/{relative}"
         path = self.split_dir / relative
         if not path.is_file():
@@ -271,7 +295,7 @@ class _SplitChecker:
                 "and its annotations"
             )
             self.add(field_name, message, file=image_file)
-            return
+            return False
         try:
             # Opening reads only the header; verify() checks the rest without decoding pixels.
             with Image.open(path) as image:
@@ -280,9 +304,10 @@ class _SplitChecker:
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             message = f"image cannot be decoded ({exc}); replace the file or remove its entry"
             self.add(field_name, message, file=image_file)
-            return
+            return False
         if json_size is None:
-            return
+            return False
+        matches = True
         for key, declared, real in zip(("width", "height"), json_size, real_size, strict=True):
             if declared != real:
                 message = (
@@ -290,6 +315,8 @@ class _SplitChecker:
                     f"{key} to {real} (and rescale its boxes if they were drawn at {declared})"
                 )
                 self.add(f"{where}.{key}", message, file=image_file)
+                matches = False
+        return matches
 
     def _annotations(
         self,
@@ -328,6 +355,7 @@ class _SplitChecker:
                 if image_sizes is not None and _is_int(image_id):
                     size = image_sizes.get(image_id)
                 self._bbox(entry["bbox"], size, where)
+            self._segmentation(entry, where)
             area, iscrowd = entry.get("area", 0), entry.get("iscrowd", 0)
             if not _is_number(area) or area < 0:
                 self.add(f"{where}.area", f"area must be a number >= 0, not {area!r}")
@@ -351,9 +379,29 @@ class _SplitChecker:
         if image_size is None:
             return
         image_w, image_h = image_size
-        tol = BBOX_TOLERANCE_PX
+        tol = EDGE_TOLERANCE_PX
         if x < -tol or y < -tol or x + width > image_w + tol or y + height > image_h + tol:
             self.add(field_name, f"bbox {bbox} lies outside the {image_w}x{image_h} image; clip it")
+
+    def _segmentation(self, entry: dict[str, Any], where: str) -> None:
+        segmentation = entry.get("segmentation")
+        if not has_segmentation(segmentation):
+            if self.require_masks and entry.get("iscrowd", 0) != 1:
+                self.add(
+                    f"{where}.segmentation",
+                    "the object has no mask; a segmentation model needs one for every object "
+                    "(polygons or RLE): add it, or mark the region iscrowd: 1",
+                )
+            return
+        self.num_masks += 1
+        image_id = entry.get("image_id")
+        grid = self.mask_grids.get(image_id) if _is_int(image_id) else None
+        found: list[FieldProblem] = []
+        mask = read_segmentation(segmentation, where, grid, found)
+        if mask is not None:
+            found += mask_problems(mask, where, entry.get("bbox"))
+        for problem in found:
+            self.add(problem.field, problem.message)
 
 
 def _check_categories_agree(

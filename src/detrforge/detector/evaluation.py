@@ -1,7 +1,9 @@
-"""COCO bbox evaluation: pycocotools as the reference, faster-coco-eval as a proven-equal fast path.
+"""COCO evaluation of boxes (``bbox``) and masks (``segm``): pycocotools as the reference,
+faster-coco-eval as a proven-equal fast path.
 
 Inputs are validated and copied first (:mod:`detrforge.detector.coco_inputs`): both libraries
-mutate what they are given and silently ignore detections they cannot place.
+mutate what they are given and silently ignore detections they cannot place. Model masks become
+COCO results with :func:`detrforge.detector.masks.mask_predictions_to_coco`.
 """
 
 from __future__ import annotations
@@ -18,16 +20,22 @@ from typing import Any
 import numpy as np
 
 from detrforge.detector.coco_inputs import (
+    IOU_TYPES,
+    IouType,
     PathInput,
+    image_grids,
     is_int,
     load_coco_json,
     prepare_detections,
     prepare_ground_truth,
 )
+from detrforge.detector.masks import ArrayInput
 from detrforge.platform.errors import InvalidDatasetError, InvalidSpecError
 
 __all__ = [
     "BACKENDS",
+    "IOU_TYPES",
+    "SEGM_STAT_NAMES",
     "STAT_NAMES",
     "ClassAP",
     "EvalResult",
@@ -35,28 +43,19 @@ __all__ = [
     "evaluate_detections_files",
     "format_stats_table",
     "predictions_to_coco",
+    "stat_names",
 ]
 
-# COCOeval.stats[0..11] for iouType="bbox", in that order.
-STAT_NAMES: tuple[str, ...] = (
-    "bbox/AP",
-    "bbox/AP50",
-    "bbox/AP75",
-    "bbox/APs",
-    "bbox/APm",
-    "bbox/APl",
-    "bbox/AR1",
-    "bbox/AR10",
-    "bbox/AR100",
-    "bbox/ARs",
-    "bbox/ARm",
-    "bbox/ARl",
-)
+# COCOeval.stats[0..11], in that order, under "<iouType>/".
+_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+STAT_NAMES: tuple[str, ...] = tuple(f"bbox/{stat}" for stat in _STATS)
+SEGM_STAT_NAMES: tuple[str, ...] = tuple(f"segm/{stat}" for stat in _STATS)
 BACKENDS: tuple[str, ...] = ("pycocotools", "faster")
 
-# A numpy array, a torch tensor (any device/dtype) or a nested sequence of numbers.
-# A numpy array, a torch tensor (any device/dtype) or a nested sequence of numbers.
-ArrayInput = Any
+
+def stat_names(iou_type: str) -> tuple[str, ...]:
+    """The 12 metric names of ``iou_type`` (``bbox/AP``... or ``segm/AP``...)."""
+    return SEGM_STAT_NAMES if iou_type == "segm" else STAT_NAMES
 
 
 @dataclass(frozen=True)
@@ -72,13 +71,14 @@ class ClassAP:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """The 12 COCO bbox stats under ``STAT_NAMES`` (NaN where COCOeval reports -1) and per class."""
+    """The 12 COCO stats under :func:`stat_names` (NaN where COCOeval reports -1) and per class."""
 
     stats: dict[str, float]
     per_class: tuple[ClassAP, ...]
     num_images: int
     num_detections: int
     backend: str
+    iou_type: str = "bbox"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict: NaN (undefined, e.g. no small objects) becomes ``None``."""
@@ -97,6 +97,7 @@ class EvalResult:
             "num_images": self.num_images,
             "num_detections": self.num_detections,
             "backend": self.backend,
+            "iou_type": self.iou_type,
         }
 
 
@@ -112,7 +113,9 @@ def _silent(*args: Any, **kwargs: Any) -> None:
     return None
 
 
-def _run_pycocotools(gt: dict[str, Any], dets: list[dict[str, Any]], img_ids: list[int]) -> Any:
+def _run_pycocotools(
+    gt: dict[str, Any], dets: list[dict[str, Any]], img_ids: list[int], iou_type: str
+) -> Any:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -131,7 +134,7 @@ def _run_pycocotools(gt: dict[str, Any], dets: list[dict[str, Any]], img_ids: li
                 "annotations": [],
             }
             coco_dt.createIndex()
-        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        ev = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         ev.params.imgIds = img_ids
         ev.evaluate()
         ev.accumulate()
@@ -139,14 +142,16 @@ def _run_pycocotools(gt: dict[str, Any], dets: list[dict[str, Any]], img_ids: li
     return ev
 
 
-def _run_faster(gt: dict[str, Any], dets: list[dict[str, Any]], img_ids: list[int]) -> Any:
+def _run_faster(
+    gt: dict[str, Any], dets: list[dict[str, Any]], img_ids: list[int], iou_type: str
+) -> Any:
     from faster_coco_eval import COCO, COCOeval_faster
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(gt, print_function=_silent)
         # Its loadRes handles an empty list (unlike pycocotools').
         coco_dt = coco_gt.loadRes(dets)
-        ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=_silent)
+        ev = COCOeval_faster(coco_gt, coco_dt, iouType=iou_type, print_function=_silent)
         ev.params.imgIds = img_ids
         ev.evaluate()
         ev.accumulate()
@@ -164,28 +169,37 @@ def evaluate_coco(
     *,
     backend: str = "pycocotools",
     image_ids: Sequence[int] | None = None,
+    iou_type: str = "bbox",
 ) -> EvalResult:
-    """COCO bbox evaluation of ``detections`` (COCO results format) against ``gt``.
+    """COCO evaluation of ``detections`` (COCO results format) against ``gt``.
 
     Args:
         gt: A COCO annotations dict, or the path of its JSON file. Never mutated.
-        detections: COCO result dicts ``{image_id, category_id, bbox: [x, y, w, h], score}``, or
+        detections: COCO result dicts ``{image_id, category_id, bbox: [x, y, w, h], score}``
+            (``segmentation`` as RLE at the image's size instead of ``bbox`` for ``segm``), or
             the path of their JSON file. An empty list scores 0.
         backend: ``"pycocotools"`` (the reference) or ``"faster"`` (faster-coco-eval, which the
             tests prove gives identical numbers).
         image_ids: Evaluate only these ground-truth images; default all of them, so images
             without any detection count as misses (this is what reproduces published numbers).
+        iou_type: ``"bbox"`` (metrics ``bbox/...``) or ``"segm"`` (masks; ``segm/...``).
 
     Raises:
-        InvalidSpecError: unknown backend or image ids, unreadable file, malformed detections,
-            or a detection whose image or category is not in the ground truth.
-        InvalidDatasetError: the ground truth is not valid COCO.
+        InvalidSpecError: unknown backend, IoU type or image ids, unreadable file, malformed
+            detections, or a detection whose image or category is not in the ground truth.
+        InvalidDatasetError: the ground truth is not valid COCO (for ``segm``: a missing or
+            malformed mask, or an image without its size).
     """
     if backend not in BACKENDS:
         raise InvalidSpecError(
             f"unknown evaluation backend {backend!r}; choose one of {list(BACKENDS)}",
             field="backend",
         )
+    if iou_type not in IOU_TYPES:
+        raise InvalidSpecError(
+            f"unknown IoU type {iou_type!r}; choose one of {list(IOU_TYPES)}", field="iou_type"
+        )
+    kind: IouType = "segm" if iou_type == "segm" else "bbox"
     if isinstance(gt, (str, os.PathLike)):
         source = os.fspath(gt)
         gt = load_coco_json(gt, "annotations")
@@ -194,10 +208,11 @@ def evaluate_coco(
     if isinstance(detections, (str, os.PathLike)):
         detections = load_coco_json(detections, "detections")
 
-    gt_copy = prepare_ground_truth(gt, source)
+    gt_copy = prepare_ground_truth(gt, source, iou_type=kind)
     all_image_ids = {img["id"] for img in gt_copy["images"]}
     categories = sorted(gt_copy["categories"], key=lambda c: c["id"])
-    dets = prepare_detections(detections, all_image_ids, {c["id"] for c in categories})
+    grids = image_grids(gt_copy["images"]) if kind == "segm" else None
+    dets = prepare_detections(detections, all_image_ids, {c["id"] for c in categories}, grids=grids)
 
     if image_ids is None:
         img_ids = sorted(all_image_ids)
@@ -223,13 +238,12 @@ def evaluate_coco(
         )
 
     run = _run_pycocotools if backend == "pycocotools" else _run_faster
-    ev = run(gt_copy, dets, img_ids)
+    ev = run(gt_copy, dets, img_ids, kind)
 
     # COCOeval reports -1 for "no ground truth in this range"; NaN says "undefined" unambiguously.
-    raw_stats = [float(s) for s in ev.stats[: len(STAT_NAMES)]]
-    stats = {
-        name: math.nan if s == -1 else s for name, s in zip(STAT_NAMES, raw_stats, strict=True)
-    }
+    names = stat_names(kind)
+    raw_stats = [float(s) for s in ev.stats[: len(names)]]
+    stats = {name: math.nan if s == -1 else s for name, s in zip(names, raw_stats, strict=True)}
     evaluated = set(img_ids)
     per_class = _per_class(ev, categories, gt_copy["annotations"], evaluated)
     return EvalResult(
@@ -238,6 +252,7 @@ def evaluate_coco(
         num_images=len(img_ids),
         num_detections=sum(1 for d in dets if d["image_id"] in evaluated),
         backend=backend,
+        iou_type=kind,
     )
 
 
@@ -279,10 +294,14 @@ def _per_class(
 
 
 def evaluate_detections_files(
-    annotations: PathInput, detections: PathInput, *, backend: str = "pycocotools"
+    annotations: PathInput,
+    detections: PathInput,
+    *,
+    backend: str = "pycocotools",
+    iou_type: str = "bbox",
 ) -> EvalResult:
     """Evaluate a COCO results JSON file against a COCO annotations JSON file (the CLI's path)."""
-    return evaluate_coco(Path(annotations), Path(detections), backend=backend)
+    return evaluate_coco(Path(annotations), Path(detections), backend=backend, iou_type=iou_type)
 
 
 def predictions_to_coco(
@@ -338,17 +357,18 @@ def _to_numpy(value: ArrayInput, dtype: Any) -> np.ndarray[Any, Any]:
 
 def format_stats_table(result: EvalResult) -> str:
     """A plain-text table of the 12 stats, then AP / AP50 / GT count per class."""
+    names = stat_names(result.iou_type)
 
     def fmt(value: float) -> str:
         return "   -  " if math.isnan(value) else f"{value:.4f}"
 
     lines = [
-        f"COCO bbox evaluation ({result.backend}): {result.num_images} images, "
+        f"COCO {result.iou_type} evaluation ({result.backend}): {result.num_images} images, "
         f"{result.num_detections} detections",
         "",
     ]
-    width = max(len(name) for name in STAT_NAMES)
-    lines += [f"  {name:<{width}}  {fmt(result.stats[name])}" for name in STAT_NAMES]
+    width = max(len(name) for name in names)
+    lines += [f"  {name:<{width}}  {fmt(result.stats[name])}" for name in names]
     if result.per_class:
         name_w = max(8, *(len(c.name) for c in result.per_class))
         lines += ["", f"  {'id':>5}  {'category':<{name_w}}  {'AP':>6}  {'AP50':>6}  {'GT':>6}"]

@@ -4,7 +4,7 @@ and consumed by the jobs; the sweep spec is in :mod:`detrforge.detector.sweep_sp
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -15,13 +15,18 @@ __all__ = [
     "MAX_SEED",
     "MODEL_SIZES",
     "RESOURCE_AMOUNTS_SCHEMA",
+    "SEG_MODEL_SIZES",
     "Backend",
+    "BenchmarkRequest",
     "BenchmarkSpec",
+    "CheckpointChoice",
+    "EvaluateRequest",
     "EvaluateSpec",
     "FinetuneSpec",
     "FrozenSpec",
     "ModelSize",
     "SpecFieldError",
+    "as_model_size",
     "check_resolution",
     "nearest_resolutions",
     "parse_spec",
@@ -38,32 +43,73 @@ MODEL_SIZES: dict[str, tuple[int, int]] = {
     "medium": (576, 32),
     "large": (704, 32),
 }
+# RF-DETR-Seg sizes (rfdetr 1.11.2's RFDETRSeg*Config): patch size 12, one window for Nano and two
+# for the rest. Their resolutions are checked here already; no spec takes them until the
+# segmentation fine-tune, model adapter and predictor do (MODEL_SIZES is what jobs can build).
+SEG_MODEL_SIZES: dict[str, tuple[int, int]] = {
+    "seg-nano": (312, 12),
+    "seg-small": (384, 24),
+    "seg-medium": (432, 24),
+    "seg-large": (504, 24),
+    "seg-xlarge": (624, 24),
+    "seg-2xlarge": (768, 24),
+}
+_PATCH_SIZE = {**dict.fromkeys(MODEL_SIZES, 16), **dict.fromkeys(SEG_MODEL_SIZES, 12)}
 MIN_RESOLUTION = 64
+
+
+def as_model_size(value: str) -> ModelSize:
+    """``value`` (a stored size) as a :data:`ModelSize`.
+
+    Raises:
+        InvalidSpecError: ``value`` names no RF-DETR size.
+    """
+    if value not in MODEL_SIZES:
+        raise InvalidSpecError(
+            f"model_size: unknown model size {value!r}; choose from {', '.join(MODEL_SIZES)}",
+            field="model_size",
+        )
+    return cast(ModelSize, value)
+
+
 MAX_RESOLUTION = 2048
+
+
+def _valid_range(multiple: int) -> tuple[int, int]:
+    """The smallest and largest multiples of ``multiple`` within the resolution limits."""
+    return -(-MIN_RESOLUTION // multiple) * multiple, (MAX_RESOLUTION // multiple) * multiple
 
 
 def nearest_resolutions(resolution: int, multiple: int) -> list[int]:
     """The valid resolutions closest to ``resolution`` (one or two values, ascending)."""
-    lower = max(MIN_RESOLUTION, (resolution // multiple) * multiple)
-    upper = min(MAX_RESOLUTION, lower + multiple)
+    low, high = _valid_range(multiple)
+    lower = min(high, max(low, (resolution // multiple) * multiple))
+    upper = min(high, lower + multiple)
     return sorted({lower, upper})
 
 
 def check_resolution(size: str, resolution: int) -> None:
-    """Raise ``ValueError`` naming the nearest valid values if ``resolution`` cannot work."""
-    if size not in MODEL_SIZES:
-        raise ValueError(f"unknown model size {size!r}; choose one of {sorted(MODEL_SIZES)}")
-    multiple = MODEL_SIZES[size][1]
-    if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
+    """Raise ``ValueError`` naming the nearest valid values if ``resolution`` cannot work.
+
+    ``size`` is a detection size (``MODEL_SIZES``) or a segmentation one (``SEG_MODEL_SIZES``).
+    """
+    sizes = {**MODEL_SIZES, **SEG_MODEL_SIZES}
+    if size not in sizes:
+        raise ValueError(f"unknown model size {size!r}; choose one of {sorted(sizes)}")
+    multiple = sizes[size][1]
+    low, high = _valid_range(multiple)
+    if not low <= resolution <= high:
         raise ValueError(
             f"resolution {resolution} is out of range; use a multiple of {multiple} "
-            f"between {MIN_RESOLUTION} and {MAX_RESOLUTION}"
+            f"between {low} and {high}"
         )
     if resolution % multiple:
         near = " or ".join(str(r) for r in nearest_resolutions(resolution, multiple))
+        patch = _PATCH_SIZE[size]
+        windows = multiple // patch
         raise ValueError(
-            f"resolution {resolution} is not divisible by {multiple} (patch size 16 x 2 windows "
-            f"for RF-DETR {size}); use {near}"
+            f"resolution {resolution} is not divisible by {multiple} (patch size {patch} x "
+            f"{windows} window{'s' if windows > 1 else ''} for RF-DETR {size}); use {near}"
         )
 
 
@@ -220,13 +266,18 @@ def parse_spec(cls: type[SpecT], data: Any) -> SpecT:
 
 Backend = Literal["torch", "onnxruntime"]
 EVAL_BACKENDS = ("pycocotools", "faster")
+Split = Literal["train", "valid", "test"]
+Precision = Literal["fp32", "fp16", "bf16"]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Threads = Annotated[int, Field(ge=1, le=256)]
+BatchSize = Annotated[int, Field(ge=1, le=256)]
 
 
 class _CheckpointSpec(FrozenSpec):
     """A trained checkpoint: its URI, model size and resolution (the API can fill them)."""
 
     checkpoint: Uri = Field(description="A .pth path, file:// or s3:// URI.")
-    checkpoint_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    checkpoint_sha256: Sha256 | None = None
     model_size: ModelSize = "nano"
     resolution: int = Field(default=384)
 
@@ -239,39 +290,88 @@ class _CheckpointSpec(FrozenSpec):
         return self
 
 
-class EvaluateSpec(_CheckpointSpec):
-    """COCO bbox AP of a checkpoint on one split of a dataset."""
+class CheckpointChoice(FrozenSpec):
+    """The weights a request names: a checkpoint URI, or a SUCCEEDED fine-tune job's model.
 
+    The control layer resolves it into a spec's checkpoint fields; size and resolution given here
+    win over the job's (measuring a model at another resolution is a request of its own).
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["checkpoint"]}, {"required": ["job_id"]}]}
+    )
+
+    checkpoint: Uri | None = Field(default=None, description="A .pth path, file:// or s3:// URI.")
+    job_id: Name | None = Field(
+        default=None,
+        description="A SUCCEEDED fine-tune job whose model to use instead of `checkpoint`.",
+    )
+    checkpoint_sha256: Sha256 | None = None
+    model_size: ModelSize | None = Field(default=None, description="Default: the job's, or nano.")
+    resolution: int | None = Field(default=None, description="Default: the job's, or 384.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CheckpointChoice:
+        if (self.checkpoint is None) == (self.job_id is None):
+            raise SpecFieldError(
+                "checkpoint",
+                "checkpoint: give exactly one of checkpoint (a checkpoint URI) and job_id (a "
+                "SUCCEEDED fine-tune job)",
+            )
+        return self
+
+
+class _EvaluateFields(FrozenSpec):
     dataset: Uri
-    split: Literal["train", "valid", "test"] = "valid"
+    split: Split = "valid"
     backend: Backend = "torch"
     eval_backend: Literal["pycocotools", "faster"] = "pycocotools"
-    num_threads: int | None = Field(default=None, ge=1, le=256)
+    num_threads: Threads | None = None
 
 
-class BenchmarkSpec(_CheckpointSpec):
+class EvaluateSpec(_CheckpointSpec, _EvaluateFields):
+    """COCO bbox AP of a checkpoint on one split of a dataset."""
+
+
+class EvaluateRequest(CheckpointChoice, _EvaluateFields):
+    """What ``POST /evaluations`` accepts; the control layer turns it into an EvaluateSpec."""
+
+
+class _BenchmarkFields(FrozenSpec):
+    target: Name
+    warmup: int = Field(default=5, ge=0, le=10_000)
+    runs: int = Field(default=50, ge=1, le=100_000)
+    inter_run_sleep_ms: float = Field(default=0.0, ge=0, le=60_000)
+    dataset: Uri | None = Field(
+        default=None, description="Images to time (its split); default: synthetic images."
+    )
+    split: Split = "valid"
+    evaluate: bool = Field(default=False, description="Also measure AP on the split (A/B).")
+    model_name: Name | None = Field(default=None, description="Registry model, for the history.")
+    model_version: int | None = Field(default=None, ge=1, le=MAX_INT)
+
+
+class BenchmarkSpec(_CheckpointSpec, _BenchmarkFields):
     """Latency of a checkpoint on a named hardware target (filled in from the target's profile)."""
 
-    target: Name
     target_resources: dict[str, float] = Field(
         default_factory=dict, json_schema_extra=RESOURCE_AMOUNTS_SCHEMA
     )
     backend: Backend = "torch"
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    batch_size: int = Field(default=1, ge=1, le=256)
-    warmup: int = Field(default=5, ge=0, le=10_000)
-    runs: int = Field(default=50, ge=1, le=100_000)
-    inter_run_sleep_ms: float = Field(default=0.0, ge=0, le=60_000)
-    num_threads: int | None = Field(default=None, ge=1, le=256)
-    dataset: Uri | None = Field(
-        default=None, description="Images to time (its split); default: synthetic images."
-    )
-    split: Literal["train", "valid", "test"] = "valid"
-    evaluate: bool = Field(default=False, description="Also measure AP on the split (A/B).")
-    model_name: Name | None = Field(default=None, description="Registry model, for the history.")
-    model_version: int | None = Field(default=None, ge=1, le=MAX_INT)
+    precision: Precision = "fp32"
+    batch_size: BatchSize = 1
+    num_threads: Threads | None = None
 
     @field_validator("target_resources")
     @classmethod
     def _resources_positive(cls, value: dict[str, float]) -> dict[str, float]:
         return check_resource_amounts(value)
+
+
+class BenchmarkRequest(CheckpointChoice, _BenchmarkFields):
+    """What ``POST /benchmarks`` accepts: the target's profile fills what is left out."""
+
+    backend: Backend | None = Field(default=None, description="Default: the target's.")
+    precision: Precision | None = Field(default=None, description="Default: the target's.")
+    batch_size: BatchSize | None = Field(default=None, description="Default: the target's.")
+    num_threads: Threads | None = Field(default=None, description="Default: the target's.")

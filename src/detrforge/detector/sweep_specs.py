@@ -19,7 +19,14 @@ from detrforge.detector.specs import (
 )
 from detrforge.platform.limits import Name, Uri
 
-__all__ = ["SWEEP_TUNABLE", "ParamRange", "SweepScheduler", "SweepSpec", "TrialResources"]
+__all__ = [
+    "SWEEP_TUNABLE",
+    "ParamRange",
+    "SweepScheduler",
+    "SweepRequest",
+    "SweepSpec",
+    "TrialResources",
+]
 
 # FinetuneSpec fields a sweep sets itself (one worker per trial, the sweep's seed and resources).
 _SWEEP_OWNED = frozenset(
@@ -81,8 +88,9 @@ def _optuna_installed() -> bool:
     return importlib.util.find_spec("optuna") is not None
 
 
-class SweepSpec(FrozenSpec):
-    """A Ray Tune search over fine-tune configurations, each trial measured on ``target``.
+class SweepRequest(FrozenSpec):
+    """What ``POST /sweeps`` accepts: a Ray Tune search over fine-tune configurations, each trial
+    measured on ``target``; the control layer fills the target's profile into a SweepSpec.
 
     ``space`` maps FinetuneSpec fields to a list of choices or a ``ParamRange`` (random search
     only); ``base`` fixes other fine-tune fields for every trial.
@@ -102,11 +110,10 @@ class SweepSpec(FrozenSpec):
     scheduler: SweepScheduler = Field(default_factory=SweepScheduler)
     search: Literal["grid", "random", "optuna"] = "grid"
     target: Name = Field(description="The hardware target p95 is measured on.")
-    target_resources: dict[str, float] = Field(
-        default_factory=dict, json_schema_extra=RESOURCE_AMOUNTS_SCHEMA
+    backend: Backend | None = Field(default=None, description="Default: the target's.")
+    bench_threads: int | None = Field(
+        default=None, ge=1, le=256, description="Default: the target's threads."
     )
-    backend: Backend = "torch"
-    bench_threads: int | None = Field(default=None, ge=1, le=256)
     bench_warmup: int = Field(default=3, ge=0, le=10_000)
     bench_runs: int = Field(default=20, ge=1, le=100_000)
     latency_sla_ms: float | None = Field(default=None, gt=0, le=3_600_000)
@@ -114,13 +121,8 @@ class SweepSpec(FrozenSpec):
     resources_per_trial: TrialResources = Field(default_factory=TrialResources)
     seed: int = Field(default=42, ge=0, le=MAX_SEED)
 
-    @field_validator("target_resources")
-    @classmethod
-    def _resources_positive(cls, value: dict[str, float]) -> dict[str, float]:
-        return check_resource_amounts(value)
-
     @model_validator(mode="after")
-    def _check_sweep(self) -> SweepSpec:
+    def _check_sweep(self) -> SweepRequest:
         if self.search == "optuna" and not _optuna_installed():
             raise SpecFieldError(
                 "search",
@@ -274,3 +276,17 @@ class SweepSpec(FrozenSpec):
             },
             strict=False,
         )
+
+
+class SweepSpec(SweepRequest):
+    """A validated sweep with its target's profile filled in: what the sweep job runs."""
+
+    target_resources: dict[str, float] = Field(
+        default_factory=dict, json_schema_extra=RESOURCE_AMOUNTS_SCHEMA
+    )
+    backend: Backend = "torch"
+
+    @field_validator("target_resources")
+    @classmethod
+    def _resources_positive(cls, value: dict[str, float]) -> dict[str, float]:
+        return check_resource_amounts(value)

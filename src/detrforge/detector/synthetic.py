@@ -1,4 +1,9 @@
-"""A deterministic synthetic COCO dataset of filled shapes, for tests and benchmarks."""
+"""A deterministic synthetic COCO dataset of filled shapes, for tests and benchmarks.
+
+With ``masks=True`` every object also carries its exact mask: squares and triangles as polygons
+tracing the painted pixels' edges, circles as compressed RLE of the painted pixels, so both of
+rfdetr's mask paths are exercised. The images and boxes are the same bytes either way.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from detrforge.detector.data import DatasetInfo, require_valid_dataset
 from detrforge.detector.dataset_checks import ANNOTATION_FILE, SPLITS
+from detrforge.detector.masks import encode_mask, mask_outline
 from detrforge.platform.errors import InvalidSpecError
 
 __all__ = ["synth_dataset"]
@@ -28,6 +34,7 @@ _PALETTE = (
 )
 _GAP_PX = 2
 _PLACEMENT_TRIES = 50
+_CIRCLE = 1  # the shape whose mask is written as RLE
 
 
 def _class_name(index: int) -> str:
@@ -45,8 +52,8 @@ def _draw_shape(
     image: np.ndarray[Any, np.dtype[np.uint8]],
     class_index: int,
     box: tuple[int, int, int, int],
-) -> list[int]:
-    """Paint one shape inside ``box`` (x, y, w, h) and return its tight COCO bbox."""
+) -> tuple[list[int], np.ndarray[Any, np.dtype[np.bool_]]]:
+    """Paint one shape inside ``box`` (x, y, w, h); its tight COCO bbox and its pixels there."""
     x, y, width, height = box
     mask_image = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(mask_image)
@@ -64,12 +71,24 @@ def _draw_shape(
     # The annotation is the drawn pixels' extent, so it is exact whatever the rasteriser did.
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     top, left = int(rows[0]), int(cols[0])
-    return [
-        x + left,
-        y + top,
-        int(cols[-1]) - left + 1,
-        int(rows[-1]) - top + 1,
-    ]
+    bbox = [x + left, y + top, int(cols[-1]) - left + 1, int(rows[-1]) - top + 1]
+    return bbox, mask
+
+
+def _segmentation(
+    mask: np.ndarray[Any, np.dtype[np.bool_]],
+    class_index: int,
+    origin: tuple[int, int],
+    image_size: int,
+) -> list[list[float]] | dict[str, Any]:
+    """The exact COCO mask of a shape's pixels ``mask`` painted with its corner at ``origin``."""
+    x, y = origin
+    if class_index % len(_SHAPES) == _CIRCLE:
+        full = np.zeros((image_size, image_size), dtype=bool)
+        full[y : y + mask.shape[0], x : x + mask.shape[1]] = mask
+        return encode_mask(full)
+    outline = mask_outline(mask)
+    return [[value + (x if index % 2 == 0 else y) for index, value in enumerate(outline)]]
 
 
 def _overlaps(box: tuple[int, int, int, int], placed: list[tuple[int, int, int, int]]) -> bool:
@@ -93,6 +112,7 @@ def _synth_split(
     max_objects: int,
     min_box: int,
     categories: list[dict[str, Any]],
+    masks: bool,
 ) -> None:
     split_dir.mkdir(parents=True)
     images: list[dict[str, Any]] = []
@@ -121,15 +141,17 @@ def _synth_split(
             else:
                 continue
             placed.append((x, y, width, height))
-            bbox = _draw_shape(pixels, class_index, (x, y, width, height))
+            bbox, drawn = _draw_shape(pixels, class_index, (x, y, width, height))
             annotations.append(
                 {
                     "id": len(annotations),
                     "image_id": image_id,
                     "category_id": int(categories[class_index]["id"]),
                     "bbox": bbox,
-                    "area": bbox[2] * bbox[3],
-                    "segmentation": [],
+                    "area": int(drawn.sum()) if masks else bbox[2] * bbox[3],
+                    "segmentation": (
+                        _segmentation(drawn, class_index, (x, y), image_size) if masks else []
+                    ),
                     "iscrowd": 0,
                 }
             )
@@ -160,8 +182,12 @@ def synth_dataset(
     image_size: int = 128,
     max_objects: int = 3,
     min_box: int = 16,
+    masks: bool = False,
 ) -> DatasetInfo:
     """Write a deterministic dataset of filled shapes on dark backgrounds; same seed, same bytes.
+
+    ``masks`` adds each object's exact mask (and makes ``area`` its pixel count); the images and
+    boxes do not change.
 
     Raises:
         InvalidSpecError: for impossible sizes or counts, or when ``out`` is a non-empty folder.
@@ -205,5 +231,6 @@ def synth_dataset(
             max_objects=max_objects,
             min_box=min_box,
             categories=categories,
+            masks=masks,
         )
-    return require_valid_dataset(out)
+    return require_valid_dataset(out, require_masks=masks)

@@ -11,45 +11,37 @@ from detrforge.api.deps import Operator, ServicesDep, Viewer
 from detrforge.api.errors import ERROR_RESPONSES
 from detrforge.api.pagination import JobPage, jobs_page
 from detrforge.api.schemas import JobPublic, JobsPublic
-from detrforge.detector.specs import BenchmarkSpec, EvaluateSpec
+from detrforge.detector.specs import BenchmarkRequest, EvaluateRequest, parse_spec
 
 router = APIRouter(prefix="/api/v1", tags=["evaluation"], responses=ERROR_RESPONSES)
-
-
-def _body_schema(model: Any) -> dict[str, Any]:
-    job_id = {
-        "type": "string",
-        "minLength": 1,
-        "description": "A SUCCEEDED fine-tune job whose model to use instead of `checkpoint`.",
-        "x-instead-of": "checkpoint",
-    }
-    return json_body(model, extra_properties={"job_id": job_id})
 
 
 @router.post(
     "/evaluations",
     response_model=JobPublic,
     status_code=201,
-    openapi_extra=_body_schema(EvaluateSpec),
+    openapi_extra=json_body(EvaluateRequest),
 )
 def submit_evaluation(
     body: Annotated[Any, Body()], services: ServicesDep, key: Operator
 ) -> JobPublic:
     """Evaluate a checkpoint (or a fine-tune job's model) on a COCO split: bbox AP, per class."""
-    return JobPublic.of(services.jobs.submit_evaluation(body, principal=key))
+    request = parse_spec(EvaluateRequest, body)
+    return JobPublic.of(services.jobs.submit_evaluation(request, principal=key))
 
 
 @router.post(
     "/benchmarks",
     response_model=JobPublic,
     status_code=201,
-    openapi_extra=_body_schema(BenchmarkSpec),
+    openapi_extra=json_body(BenchmarkRequest),
 )
 def submit_benchmark(
     body: Annotated[Any, Body()], services: ServicesDep, key: Operator
 ) -> JobPublic:
     """Measure a checkpoint's latency on a named hardware target (its node, its backend)."""
-    return JobPublic.of(services.jobs.submit_benchmark(body, principal=key))
+    request = parse_spec(BenchmarkRequest, body)
+    return JobPublic.of(services.jobs.submit_benchmark(request, principal=key))
 
 
 @router.get("/evaluations", response_model=JobsPublic)

@@ -15,11 +15,12 @@ from detrforge.api.media import PNG_IMAGE
 from detrforge.api.pagination import JobPage, jobs_page
 from detrforge.api.schemas import JobPublic, JobsPublic
 from detrforge.control.sweeps import SweepService
-from detrforge.detector.sweep_specs import SweepSpec
+from detrforge.detector.specs import parse_spec
+from detrforge.detector.sweep_specs import SweepRequest
 
 router = APIRouter(prefix="/api/v1/sweeps", tags=["sweeps"], responses=ERROR_RESPONSES)
 
-_SPEC_BODY = json_body(SweepSpec)
+_SPEC_BODY = json_body(SweepRequest)
 
 
 def _sweeps(services: ServicesDep) -> SweepService:
@@ -48,7 +49,8 @@ class SweepResultPublic(BaseModel):
 @router.post("", response_model=JobPublic, status_code=201, openapi_extra=_SPEC_BODY)
 def submit_sweep(body: Annotated[Any, Body()], sweeps: SweepsDep, key: Operator) -> JobPublic:
     """Validate the search space, dataset and target, then submit the sweep as one Ray job."""
-    return JobPublic.of(sweeps.submit(body, principal=key))
+    request = parse_spec(SweepRequest, body)  # the space first: its errors need no cluster
+    return JobPublic.of(sweeps.submit(request, principal=key))
 
 
 @router.get("", response_model=JobsPublic)
