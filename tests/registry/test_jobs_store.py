@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from detrforge.platform.errors import ConflictError, InvalidSpecError, NotFoundError
+from detrforge.platform.errors import InvalidSpecError, NotFoundError
 from detrforge.registry.entities import JobState
 from detrforge.registry.jobs import JobStore
 
@@ -187,12 +187,21 @@ def test_terminal_state_is_final(job_store: JobStore, final: JobState) -> None:
 
 def test_a_job_recorded_under_a_chosen_id_exists_once(job_store: JobStore) -> None:
     assert job_store.find("ev-0123456789ab") is None
-    job_id = _create(job_store, "evaluate", job_id="ev-0123456789ab")
-    assert job_id == "ev-0123456789ab"
-    with pytest.raises(ConflictError, match="job ev-0123456789ab exists already"):
-        _create(job_store, "evaluate", job_id="ev-0123456789ab")
-    found = job_store.find(job_id)
-    assert found is not None and found == job_store.get(job_id)
+    first = job_store.create(
+        kind="evaluate",
+        spec=SPEC,
+        created_by="key:a",
+        dataset_fingerprint=None,
+        job_id="ev-0123456789ab",
+    )
+    job_store.update(first.id, ray_submission_id=first.id)
+    # Recorded again under that id (a replica resuming a submission): the job on record.
+    again = job_store.create(
+        kind="evaluate", spec={}, created_by="key:b", dataset_fingerprint=None, job_id=first.id
+    )
+    assert again == job_store.get(first.id) == job_store.find(first.id)
+    assert (again.created_by, again.ray_submission_id) == ("key:a", first.id)
+    assert job_store.list(kind="evaluate")[1] == 1
 
 
 def test_an_update_expecting_a_state_applies_only_in_that_state(job_store: JobStore) -> None:

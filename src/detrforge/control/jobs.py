@@ -164,19 +164,15 @@ class JobService:
     ) -> Job:
         """Record the job, then submit it; a refused submission fails the job, loses nothing.
         Idempotent on a ``job_id`` the caller recorded first: submitted once, else adopted."""
-        job = self.job_store.find(job_id) if job_id is not None else None
-        if job is not None and job.ray_submission_id:
-            return job  # submitted already (by this replica or one that died since)
-        if job is not None and job.is_terminal:
-            raise ClusterError(f"job {job.id} {job.error or 'never started'}")
-        if job is None:
-            job = self.job_store.create(
-                kind=kind,
-                spec=spec.model_dump(mode="json"),
-                created_by=principal.principal,
-                dataset_fingerprint=fingerprint,
-                job_id=job_id,
-            )
+        job = self.job_store.create(
+            kind=kind,
+            spec=spec.model_dump(mode="json"),
+            created_by=principal.principal,
+            dataset_fingerprint=fingerprint,
+            job_id=job_id,
+        )
+        if job.ray_submission_id or job.is_terminal:
+            return job  # under a job_id on record: submitted already, or refused for good
         args = ["--job-id", job.id, "--spec", spec.model_dump_json()]
         args += ["--dataset-fingerprint", fingerprint or ""]
         try:
@@ -304,8 +300,7 @@ class JobService:
 
     # -- reconcile ------------------------------------------------------------------------------
     def reconcile(self, job_id: str) -> Job:
-        """Bring one job's row up to date with Ray and MLflow; terminal jobs are left alone.
-        Every replica reconciles: a write applies only if the job is still in the state read."""
+        """Bring one job's row up to date with Ray and MLflow; terminal jobs are left alone."""
         job = self.job_store.get(job_id)
         if job.is_terminal or not job.ray_submission_id:
             return job
@@ -343,6 +338,7 @@ class JobService:
                 "cluster could not place the workers (resources_per_worker, use_gpu) or is busy"
             )
             fields["finished_at"] = _now()
+        # Every replica reconciles: the write applies only if the job is in the state read.
         return self.job_store.update(job_id, expected_state=job.state, state=state, **fields)
 
     def record_benchmark(self, job: Job, run_id: str | None) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, exc, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from detrforge.platform.db import utcnow
-from detrforge.platform.errors import ConflictError, InvalidSpecError, NotFoundError
+from detrforge.platform.errors import InvalidSpecError, NotFoundError
 from detrforge.platform.limits import check_page
 from detrforge.registry.dbmodels import SqlJob
 from detrforge.registry.entities import Job, JobState
@@ -64,11 +64,11 @@ class JobStore:
         dataset_fingerprint: str | None,
         job_id: str | None = None,
     ) -> Job:
-        """Record a new ``PENDING`` job, under ``job_id`` when the caller chose one already.
+        """Record a new ``PENDING`` job, under ``job_id`` when the caller chose one already;
+        a job on record under that id is returned as it is (the caller recorded it before).
 
         Raises:
             InvalidSpecError: ``kind`` is not a lower-case identifier of at most 32 characters.
-            ConflictError: a job with ``job_id`` exists.
         """
         if not _KIND_PATTERN.fullmatch(kind):
             raise InvalidSpecError(
@@ -88,13 +88,19 @@ class JobStore:
             created_at=now,
             updated_at=now,
         )
+        existing = self.find(job_id) if job_id is not None else None
+        if existing is not None:
+            return existing
         try:
             with self._sessions.begin() as session:
                 session.add(row)
                 session.flush()
                 return row.to_entity()
         except exc.IntegrityError:
-            raise ConflictError(f"job {row.id} exists already") from None
+            existing = self.find(row.id) if job_id is not None else None
+            if existing is None:  # a random id cannot collide; something else is wrong
+                raise
+            return existing  # recorded by a racing caller a moment ago
 
     def get(self, job_id: str) -> Job:
         """The job with id ``job_id``.
