@@ -8,7 +8,6 @@ read of one job, and for every non-terminal job when it starts.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -494,13 +493,3 @@ def measured_fields(out: dict[str, Any]) -> dict[str, Any]:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def wait_for_terminal(service: JobService, job_id: str, *, timeout_s: float) -> Job:
-    """Reconcile ``job_id`` until it is terminal or ``timeout_s`` passes (tests, demo)."""
-    deadline = time.monotonic() + timeout_s
-    job = service.reconcile(job_id)
-    while not job.is_terminal and time.monotonic() < deadline:
-        time.sleep(1.0)
-        job = service.reconcile(job_id)
-    return job
