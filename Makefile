@@ -9,10 +9,9 @@ export MLFLOW_DISABLE_TELEMETRY := true
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+# infra/install.sh is the one install step: the container image (infra/Dockerfile) runs it too.
+$(VENV)/.installed: pyproject.toml infra/install.sh
+	PYTHON=$(PYTHON) bash infra/install.sh $(VENV) dev
 	touch $@
 
 demo: venv

@@ -7,7 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["fixtures_s3", "fixtures_db", "fixtures_cluster", "fixtures_models"]
+pytest_plugins = [
+    "fixtures_s3",
+    "fixtures_db",
+    "fixtures_cluster",
+    "fixtures_models",
+    "fixtures_console",
+]
 
 # What a developer's shell may point at real systems: a test sets every store it uses itself,
 # so it can never touch a real database, tracking server, bucket or cluster by inheritance.

@@ -14,12 +14,13 @@ from typing import Any
 from fastapi import FastAPI
 
 from detrforge import __version__
+from detrforge.api.console import install_console
 from detrforge.api.deps import Services
 from detrforge.api.docs import install_docs
 from detrforge.api.errors import install_error_handlers
 from detrforge.api.limits import install_request_limits
 from detrforge.api.readiness import Readiness
-from detrforge.api.routes import evaluations, finetune, health, keys
+from detrforge.api.routes import evaluations, finetune, health, jobs, keys
 from detrforge.api.routes import models as model_routes
 from detrforge.api.routes import sweeps as sweep_routes
 from detrforge.api.routes import targets as target_routes
@@ -235,11 +236,13 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     install_error_handlers(app)
     install_request_limits(app, max_bytes=settings.max_request_bytes)
     install_docs(app)
+    install_console(app, mlflow_ui_url=settings.resolved_mlflow_ui_url())
     app.add_middleware(RequestIdMiddleware)
 
     app.include_router(health.router)
     app.include_router(keys.router)
     app.include_router(finetune.router)
+    app.include_router(jobs.router)
     app.include_router(evaluations.router)
     app.include_router(target_routes.router)
     app.include_router(sweep_routes.router)

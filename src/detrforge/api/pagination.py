@@ -33,8 +33,8 @@ def _params(
 JobPage = Annotated[JobPageParams, Depends(_params)]
 
 
-def jobs_page(services: Services, kind: str, page: JobPageParams) -> JobsPublic:
-    """Jobs of ``kind``, newest first, as one page with the total."""
+def jobs_page(services: Services, kind: str | None, page: JobPageParams) -> JobsPublic:
+    """Jobs of ``kind`` (every kind for None), newest first, as one page with the total."""
     jobs, total = services.jobs.job_store.list(
         state=page.state, kind=kind, limit=page.limit, offset=page.offset
     )

@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +45,26 @@ from detrforge.registry.entities import Job, JobState, Principal
 from detrforge.registry.jobs import JobStore
 from detrforge.registry.targets import TargetStore
 
-__all__ = ["FINETUNE_MODULE", "JobService", "measured_fields"]
+__all__ = ["FINETUNE_MODULE", "JobKind", "JobService", "measured_fields"]
 
 log = logging.getLogger(__name__)
 
+
+class JobKind(StrEnum):
+    """The kinds of job the platform runs on the cluster, one entry module each (``MODULES``)."""
+
+    finetune = "finetune"
+    evaluate = "evaluate"
+    benchmark = "benchmark"
+    sweep = "sweep"
+
+
 FINETUNE_MODULE = "detrforge.jobs.finetune"
 MODULES = {
-    "finetune": FINETUNE_MODULE,
-    "evaluate": "detrforge.jobs.evaluate",
-    "benchmark": "detrforge.jobs.benchmark",
-    "sweep": "detrforge.jobs.sweep",
+    JobKind.finetune: FINETUNE_MODULE,
+    JobKind.evaluate: "detrforge.jobs.evaluate",
+    JobKind.benchmark: "detrforge.jobs.benchmark",
+    JobKind.sweep: "detrforge.jobs.sweep",
 }
 
 # Request fields that name the weights; JobService.weights turns them into a spec's fields.
@@ -176,7 +187,7 @@ class JobService:
         args += ["--dataset-fingerprint", fingerprint or ""]
         try:
             submission_id = self.launcher.submit(
-                MODULES[kind], args, submission_id=job.id, metadata={Tag.JOB_ID: job.id}
+                MODULES[JobKind(kind)], args, submission_id=job.id, metadata={Tag.JOB_ID: job.id}
             )
         except ClusterError as exc:
             if self.launcher.has_job(job.id):  # Ray took it; only its answer was lost

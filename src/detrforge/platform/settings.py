@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8321
     api_url: str | None = None
+    # Where the web console links MLflow runs: an MLflow UI (e.g. ``mlflow server`` or ``mlflow
+    # ui``). Default: MLFLOW_TRACKING_URI when it is http(s); otherwise runs show as ids only.
+    mlflow_ui_url: str | None = None
     api_key: str | None = None
     reconcile_interval_s: float = 2.0
     # A job whose workers cannot be placed within this time is failed, not left pending forever.
@@ -137,6 +140,17 @@ class Settings(BaseSettings):
 
     def resolved_tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.resolved_home() / 'mlflow.db'}"
+
+    def resolved_mlflow_ui_url(self) -> str | None:
+        """The MLflow UI to link runs to: ``mlflow_ui_url``, else an http(s) tracking URI; never
+        with credentials (the console shows it to every viewer)."""
+        url = self.mlflow_ui_url or self.mlflow_tracking_uri or ""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return None
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return f"{parts.scheme}://{netloc}{parts.path}".rstrip("/")
 
     def resolved_ray_address(self) -> str:
         """The Ray Jobs API (dashboard) URL: ``RAY_ADDRESS`` or the embedded head's."""
