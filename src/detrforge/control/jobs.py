@@ -1,8 +1,8 @@
 """Fine-tune jobs from request to final state: intake, submit, reconcile, cancel.
 
-Jobs never write the registry. The API learns what happened by reconciling Ray's job status and
-the MLflow run tagged with the job id into the job row; it does so in the background, on every
-read of one job, and for every non-terminal job when it starts.
+Jobs never write the registry. Every API replica reconciles Ray's job status and the job's MLflow
+run into the job row (each write applies only if the row is still as it read it): in the
+background, on every read of one job, and for every non-terminal job when it starts.
 """
 
 from __future__ import annotations
@@ -170,16 +170,15 @@ class JobService:
         *,
         principal: Principal,
         fingerprint: str | None,
-        job_id: str | None = None,
+        job_id: str = "",
     ) -> Job:
-        """Record the job, then submit it; a refused submission fails the job, loses nothing.
-        Idempotent on a ``job_id`` the caller recorded first: submitted once, else adopted."""
+        """Record the job, then submit it, once under a ``job_id`` the caller recorded first."""
         job = self.job_store.create(
             kind=kind,
             spec=spec.model_dump(mode="json"),
             created_by=principal.principal,
             dataset_fingerprint=fingerprint,
-            job_id=job_id,
+            job_id=job_id or None,
         )
         if job.ray_submission_id or job.is_terminal:
             return job  # under a job_id on record: submitted already, or refused for good
@@ -190,8 +189,6 @@ class JobService:
                 MODULES[JobKind(kind)], args, submission_id=job.id, metadata={Tag.JOB_ID: job.id}
             )
         except ClusterError as exc:
-            if self.launcher.has_job(job.id):  # Ray took it; only its answer was lost
-                return self.job_store.update(job.id, ray_submission_id=job.id)
             # Kept for the record, but never mistakable for a run that started and failed.
             self.job_store.update(
                 job.id,
@@ -240,7 +237,7 @@ class JobService:
         return fields
 
     def submit_evaluation(
-        self, request: EvaluateRequest, *, principal: Principal, job_id: str | None = None
+        self, request: EvaluateRequest, *, principal: Principal, job_id: str = ""
     ) -> Job:
         """COCO AP of a checkpoint (or a fine-tune job's model) on a dataset split."""
         options = request.model_dump(exclude=_CHOICE_FIELDS)
@@ -252,7 +249,7 @@ class JobService:
         )
 
     def submit_benchmark(
-        self, request: BenchmarkRequest, *, principal: Principal, job_id: str | None = None
+        self, request: BenchmarkRequest, *, principal: Principal, job_id: str = ""
     ) -> Job:
         """Latency of a checkpoint on a named target; refused at once if no node has it."""
         target = self.targets.get(request.target)
@@ -348,7 +345,6 @@ class JobService:
                 "cluster could not place the workers (resources_per_worker, use_gpu) or is busy"
             )
             fields["finished_at"] = _now()
-        # Every replica reconciles: the write applies only if the job is in the state read.
         return self.job_store.update(job_id, expected_state=job.state, state=state, **fields)
 
     def record_benchmark(self, job: Job, run_id: str | None) -> None:
@@ -442,14 +438,12 @@ class JobService:
             uris = store.list(store.uri_for(f"ray/{job_id}"))
         except DetrforgeError:
             return []
-        dirs = sorted(
+        return sorted(
             {u.rsplit("/", 1)[0] for u in uris if "/checkpoint_" in u and u.endswith(".ckpt")}
         )
-        return dirs
 
     def evaluation_result(self, job_id: str) -> dict[str, Any]:
         """The finished evaluation's stats and per-class table (from its MLflow run)."""
-
         job = self.reconcile(job_id)
         if job.kind != "evaluate":
             raise NotFoundError(f"job {job_id} is not an evaluation")

@@ -116,7 +116,8 @@ class Launcher:
 
         Idempotent: Ray accepts a submission id once, so when a job with ``submission_id``
         exists already (an API replica submitted it and died before recording it) it is that
-        job's id that comes back, and nothing new starts.
+        job's id that comes back, and nothing new starts; so too when Ray took the job but its
+        answer was lost.
         """
         entrypoint = shlex.join([self.python, "-m", module, *args])
         deadline = time.monotonic() + self.agent_wait_s
@@ -139,6 +140,8 @@ class Launcher:
                 if "No available agent" in str(exc) and time.monotonic() < deadline:
                     time.sleep(1.0)
                     continue
+                if self.has_job(submission_id):
+                    return submission_id
                 raise ClusterError(f"Ray refused job {submission_id}: {exc}") from exc
 
     def status(self, submission_id: str) -> JobStatus:
