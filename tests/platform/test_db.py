@@ -85,10 +85,10 @@ def test_replicas_starting_together_migrate_one_after_another(database_url: str)
     code = "import sys; from detrforge.platform.db import upgrade_database as u; u(sys.argv[1])"
     starts = [
         subprocess.Popen([sys.executable, "-c", code, database_url], stderr=subprocess.PIPE)
-        for _ in range(3)
+        for _ in range(2)
     ]
     errors = [start.communicate(timeout=120)[1].decode()[-2000:] for start in starts]
-    assert [start.returncode for start in starts] == [0, 0, 0], errors
+    assert [start.returncode for start in starts] == [0, 0], errors
     engine = make_engine(database_url)
     try:
         with engine.connect() as connection:
