@@ -195,7 +195,7 @@ def test_a_replica_killed_mid_promotion_leaves_it_to_another(
 
     # A submits both evidence jobs and stops before recording the submissions.
     wait_until(
-        lambda: "failpoint promotion.after_submit" in a.log_text(),
+        lambda: "failpoint promotion.after_submit" in a.log.read_text(errors="replace"),
         timeout_s=120,
         what="replica A to submit the evidence jobs",
         fail_if=lambda _: None if a.process and a.process.poll() is None else a.log_text(),
