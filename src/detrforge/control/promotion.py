@@ -364,8 +364,9 @@ class PromotionService:
     def run_forever(self, stop: threading.Event, *, interval_s: float) -> None:
         """Advance active promotions: woken by a new request, else every ``interval_s``; the
         leases taken are renewed meanwhile, and released once ``stop`` is set."""
+        renewing = threading.Event()  # set: the renewer ends (however this loop ends)
         renewer = threading.Thread(
-            target=self.leases.keep_renewed, args=(stop,), name="lease-renewer", daemon=True
+            target=self.leases.keep_renewed, args=(renewing,), name="lease-renewer", daemon=True
         )
         renewer.start()
         try:
@@ -377,6 +378,7 @@ class PromotionService:
                 self.wake.wait(interval_s)
                 self.wake.clear()
         finally:
+            renewing.set()
             renewer.join()
             self.leases.release_all()
 
@@ -440,8 +442,7 @@ class PromotionService:
         for _ in range(2):  # a baseline benchmark is planned once the candidate's is known
             missing = plan(policy, baseline, evidence)
             for need in missing:
-                # The job's id is on record before the job exists: a replica that takes over
-                # after a crash submits it under the same id, which Ray accepts only once.
+                # Its id is on record before the job exists: a taker resubmits under the same id.
                 version = candidate if need.role == "candidate" else baseline
                 assert version is not None
                 job_id = new_job_id(need.kind)
