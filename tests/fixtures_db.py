@@ -24,6 +24,7 @@ from detrforge.registry.audit import AuditLog
 from detrforge.registry.benchmarks import BenchmarkStore
 from detrforge.registry.jobs import JobStore
 from detrforge.registry.keys import KeyStore
+from detrforge.registry.leases import LeaseStore
 from detrforge.registry.models import ModelStore
 from detrforge.registry.promotions import PromotionStore
 from detrforge.registry.targets import TargetStore
@@ -115,11 +116,12 @@ def benchmark_store(session_factory: sessionmaker[Session]) -> BenchmarkStore:
 
 @dataclass(frozen=True)
 class RegistryStores:
-    """The three registry stores over one database, as the control layer holds them."""
+    """The registry stores over one database, as the control layer holds them."""
 
     models: ModelStore
     promotions: PromotionStore
     audit: AuditLog
+    leases: LeaseStore
 
 
 @pytest.fixture
@@ -128,4 +130,5 @@ def registry_stores(session_factory: sessionmaker[Session]) -> RegistryStores:
         models=ModelStore(session_factory),
         promotions=PromotionStore(session_factory),
         audit=AuditLog(session_factory),
+        leases=LeaseStore(session_factory),
     )

@@ -16,15 +16,17 @@ from typer.testing import CliRunner
 
 from detrforge import cli
 from detrforge.api.readiness import redact_url
-from detrforge.api.server import ServeLock, holder_pid
+from detrforge.api.server import ServeLock, holder_pid, succeed_previous_replica
 from detrforge.cli import jobs as cli_jobs
 from detrforge.cli.client import ApiClient
+from detrforge.control.leases import PromotionLeases
 from detrforge.detector.data import DatasetInfo
 from detrforge.platform.cluster import MAX_TEMP_DIR_CHARS, check_temp_dir, stop_process_tree
 from detrforge.platform.errors import ClusterError, ConflictError
 from detrforge.platform.settings import Settings
 from detrforge.registry.entities import Role
 from fixtures_cluster import TINY_SPEC, ApiHarness
+from fixtures_db import RegistryStores
 
 
 # -- readiness ----------------------------------------------------------------------------------
@@ -81,6 +83,35 @@ def test_a_second_serve_on_the_same_home_is_refused(tmp_path: Path) -> None:
     again = ServeLock(tmp_path / "serve.lock")
     again.acquire()  # released locks are free again
     again.release()
+
+
+def test_a_serve_restarted_on_its_home_resumes_its_promotions_at_once(
+    tmp_path: Path, registry_stores: RegistryStores
+) -> None:
+    checkpoint = tmp_path / "v1.pth"
+    checkpoint.write_bytes(b"weights")
+    registry_stores.models.create_model("m", actor="test")
+    registry_stores.models.register_version(
+        "m",
+        checkpoint_uri=str(checkpoint),
+        checkpoint_sha256="0" * 64,
+        checkpoint_bytes=7,
+        model_size="nano",
+        resolution=128,
+        actor="test",
+    )
+    promotion = registry_stores.promotions.request("m", 1, "production", actor="test")
+    crashed, restarted = (
+        PromotionLeases(registry_stores.leases, ttl_s=30, renew_interval_s=10) for _ in range(2)
+    )
+    succeed_previous_replica(crashed, tmp_path)  # the first serve on this home
+    assert crashed.claim(promotion.id)
+    assert not restarted.claim(promotion.id)  # a live lease of 30 s
+
+    succeed_previous_replica(restarted, tmp_path)  # it holds the home's lock: the first is gone
+
+    assert restarted.held() == {promotion.id} and restarted.claim(promotion.id)
+    assert (tmp_path / "replica.id").read_text() == restarted.owner
 
 
 # -- the head's temp dir ------------------------------------------------------------------------

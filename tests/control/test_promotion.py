@@ -4,6 +4,7 @@ that returns chosen figures: every path from request to the one committing trans
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from detrforge.control.leases import PromotionLeases
 from detrforge.control.promotion import (
     ClusterBusy,
     EvidenceFailed,
@@ -41,8 +43,9 @@ EVAL = {"dataset": "/data/shelf", "fingerprint": "f" * 64}
 class FakeRunner:
     """Evidence with chosen figures: ``ap[version]``, ``p95[(version, target)]``.
 
-    Starts submit a job (``job-<kind>-v<version>``) that is done on its first read, unless the
-    cluster is ``busy`` (that many starts refused) or the need is in ``fail``.
+    Starts submit a job under the id they are given, done on its first read, unless the
+    cluster is ``busy`` (that many starts refused) or the need is in ``fail``. ``job_ids`` lists
+    the id of every start, refused ones included.
     """
 
     ap: dict[int, float] = field(default_factory=dict)
@@ -54,6 +57,7 @@ class FakeRunner:
     hold: bool = False
     started: list[tuple[str, str, str | None, int]] = field(default_factory=list)
     references: list[EvidenceResult | None] = field(default_factory=list)
+    job_ids: list[str] = field(default_factory=list)
 
     def start(
         self,
@@ -62,8 +66,10 @@ class FakeRunner:
         *,
         policy: GatePolicy,
         promotion_id: str,
+        job_id: str,
         reference: EvidenceResult | None,
     ) -> EvidenceResult:
+        self.job_ids.append(job_id)
         if self.busy:
             self.busy -= 1
             raise ClusterBusy("the cluster has no free CPU for 2 s")
@@ -73,7 +79,7 @@ class FakeRunner:
             need=need,
             version=version.version,
             state="submitted",
-            job_id=f"job-{need.kind}-v{version.version}",
+            job_id=job_id,
         )
         if self.reuse_baseline and need.role == "baseline" and reference is not None:
             return replace(self._done(submitted), job_id="job-earlier", reused=True)
@@ -147,8 +153,14 @@ def stores(registry_stores: RegistryStores) -> RegistryStores:
     return registry_stores
 
 
-def _machine(stores: RegistryStores, runner: FakeRunner) -> PromotionService:
-    return PromotionService(store=stores.promotions, runner=runner, mirror=RecordingMirror())
+def _machine(
+    stores: RegistryStores, runner: FakeRunner, *, replica: str = "replica-a", ttl_s: float = 30
+) -> PromotionService:
+    """The state machine as one API replica runs it, with its own promotion leases."""
+    leases = PromotionLeases(stores.leases, ttl_s=ttl_s, renew_interval_s=ttl_s / 3, owner=replica)
+    return PromotionService(
+        store=stores.promotions, runner=runner, mirror=RecordingMirror(), leases=leases
+    )
 
 
 def _promote(machine: PromotionService, version: int) -> Promotion:
@@ -258,12 +270,13 @@ def test_a_failed_job_fails_the_promotion_saying_which(
     done = _promote(_machine(stores, runner), 1)
 
     assert done.state == PromotionState.failed
+    [job_id] = runner.job_ids
     assert done.message == (
-        "the evaluate job job-evaluate-v1 of v1 (candidate) ended FAILED: CUDA out of memory"
+        f"the evaluate job {job_id} of v1 (candidate) ended FAILED: CUDA out of memory"
     )
     assert done.gate_results == []
     assert _in_production(stores) is None
-    assert [e["job_id"] for e in done.evidence] == ["job-evaluate-v1"]
+    assert [e["job_id"] for e in done.evidence] == [job_id]
 
 
 def test_a_busy_cluster_keeps_it_running_until_a_later_pass(
@@ -279,8 +292,13 @@ def test_a_busy_cluster_keeps_it_running_until_a_later_pass(
 
     assert machine.advance(promotion.id).state == PromotionState.running
     assert machine.advance_all() == 1
-    assert machine.store.get(promotion.id).state == PromotionState.running
+    waiting = machine.store.get(promotion.id)
+    assert waiting.state == PromotionState.running
     assert runner.started == []
+    # Each refused submission spent its job id; the next try is on record under a new one.
+    [reserved] = waiting.evidence
+    assert reserved["state"] == "submitting"
+    assert len(set(runner.job_ids)) == 2 and reserved["job_id"] not in runner.job_ids
     done = machine.get(promotion.id)  # reading it advances it: the cluster took the job
 
     assert done.state == PromotionState.applied
@@ -288,6 +306,8 @@ def test_a_busy_cluster_keeps_it_running_until_a_later_pass(
         ("integrity", None),
         ("p95_sla", 20.0),
     ]
+    assert runner.job_ids[-1] == reserved["job_id"]
+    assert [e["job_id"] for e in done.evidence] == [reserved["job_id"]]
 
 
 def test_changed_bytes_are_refused_by_the_integrity_gate(
@@ -335,30 +355,37 @@ def test_the_baseline_benchmark_reuses_a_record_measured_like_the_candidates(
     assert (ratio.candidate, ratio.baseline) == (9.0, 10.0)
 
 
-def test_a_new_instance_resumes_a_running_promotion_from_the_database(
+def test_another_replica_resumes_a_running_promotion_once_the_lease_expires(
     stores: RegistryStores, tmp_path: Path
 ) -> None:
     _register(stores, tmp_path, 1)
     _policy(stores, eval=EVAL, ap_floor=0.3)
-    # The first API submits the evaluation, then dies before it is read back.
-    first = _machine(stores, FakeRunner(ap={1: 0.4}, hold=True))
+    # Replica A submits the evaluation, then dies before it is read back.
+    submitter = FakeRunner(ap={1: 0.4}, hold=True)
+    first = _machine(stores, submitter, replica="replica-a", ttl_s=0.5)
     promotion = first.request(
         MODEL, 1, to=Stage.production, reason="", principal=_key(), request_id=None
     )
     running = first.advance(promotion.id)
+    [job_id] = submitter.job_ids
     assert running.state == PromotionState.running
     assert running.evidence == [
         {
             "role": "candidate",
             "kind": "evaluate",
             "version": 1,
-            "job_id": "job-evaluate-v1",
+            "job_id": job_id,
             "state": "submitted",
         }
     ]
-
     restarted = FakeRunner(ap={1: 0.4})
-    done = _machine(stores, restarted).get(promotion.id)
+    second = _machine(stores, restarted, replica="replica-b", ttl_s=0.5)
+    # A's lease still holds: B reads the promotion but does not advance it.
+    assert second.get(promotion.id).evidence == running.evidence
+    assert second.advance_all() == 1 and restarted.job_ids == []
+
+    time.sleep(0.7)
+    done = second.get(promotion.id)
 
     assert done.state == PromotionState.applied
     assert restarted.started == []  # nothing submitted twice
@@ -366,6 +393,66 @@ def test_a_new_instance_resumes_a_running_promotion_from_the_database(
         ("integrity", None),
         ("ap_floor", 0.4),
     ]
+    assert first.advance(promotion.id) == done  # A, back from a stall, changes nothing
+
+
+class Crash(BaseException):
+    """The process dies at this point."""
+
+
+@dataclass
+class DyingRunner(FakeRunner):
+    """Ray accepts the job, then the replica dies before it records the submission."""
+
+    def start(
+        self,
+        need: EvidenceNeed,
+        version: ModelVersion,
+        *,
+        policy: GatePolicy,
+        promotion_id: str,
+        job_id: str,
+        reference: EvidenceResult | None,
+    ) -> EvidenceResult:
+        super().start(
+            need,
+            version,
+            policy=policy,
+            promotion_id=promotion_id,
+            job_id=job_id,
+            reference=reference,
+        )
+        raise Crash
+
+
+def test_a_replica_dying_mid_submission_leaves_the_job_ids_to_the_next(
+    stores: RegistryStores, tmp_path: Path
+) -> None:
+    _register(stores, tmp_path, 1)
+    _policy(stores, eval=EVAL, ap_floor=0.3, targets=[{"target": "cpu", "p95_sla_ms": 50.0}])
+    dying = DyingRunner(ap={1: 0.4}, p95={(1, "cpu"): 20.0})
+    first = _machine(stores, dying, replica="replica-a", ttl_s=0.5)
+    promotion = first.request(
+        MODEL, 1, to=Stage.production, reason="", principal=_key(), request_id=None
+    )
+    with pytest.raises(Crash):
+        first.advance(promotion.id)
+
+    # Both job ids were on record before the first job was submitted.
+    recorded = stores.promotions.get(promotion.id).evidence
+    assert [(e["kind"], e["state"]) for e in recorded] == [
+        ("evaluate", "submitting"),
+        ("benchmark", "submitting"),
+    ]
+    assert dying.job_ids == [recorded[0]["job_id"]]
+    time.sleep(0.7)
+    taker = FakeRunner(ap={1: 0.4}, p95={(1, "cpu"): 20.0})
+    done = _machine(stores, taker, replica="replica-b", ttl_s=0.5).get(promotion.id)
+
+    assert done.state == PromotionState.applied
+    # The job A submitted is submitted again under its id (the runner adopts it), not anew.
+    assert taker.job_ids == [e["job_id"] for e in recorded]
+    assert [e["job_id"] for e in done.evidence] == taker.job_ids
 
 
 def test_terminal_promotions_refuse_every_transition(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -71,6 +73,24 @@ def test_upgrade_creates_schema_and_is_idempotent(
         assert bool(key_indexes["ix_api_keys_key_hash"]["unique"]) is True
         job_indexes = {index["name"] for index in inspector.get_indexes("jobs")}
         assert {"ix_jobs_state", "ix_jobs_created_at"} <= job_indexes
+        with engine.connect() as connection:
+            versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+        assert [row[0] for row in versions] == [_head_revision()]
+    finally:
+        engine.dispose()
+
+
+def test_replicas_starting_together_migrate_one_after_another(database_url: str) -> None:
+    # Separate processes, as replicas are (Alembic's migration context is process-global).
+    code = "import sys; from detrforge.platform.db import upgrade_database as u; u(sys.argv[1])"
+    starts = [
+        subprocess.Popen([sys.executable, "-c", code, database_url], stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    errors = [start.communicate(timeout=120)[1].decode()[-2000:] for start in starts]
+    assert [start.returncode for start in starts] == [0, 0], errors
+    engine = make_engine(database_url)
+    try:
         with engine.connect() as connection:
             versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
         assert [row[0] for row in versions] == [_head_revision()]

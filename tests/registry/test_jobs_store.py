@@ -185,6 +185,48 @@ def test_terminal_state_is_final(job_store: JobStore, final: JobState) -> None:
     assert later.metrics == {"bbox/AP": 0.25}
 
 
+def test_a_job_recorded_under_a_chosen_id_exists_once(job_store: JobStore) -> None:
+    assert job_store.find("ev-0123456789ab") is None
+    first = job_store.create(
+        kind="evaluate",
+        spec=SPEC,
+        created_by="key:a",
+        dataset_fingerprint=None,
+        job_id="ev-0123456789ab",
+    )
+    job_store.update(first.id, ray_submission_id=first.id)
+    # Recorded again under that id (a replica resuming a submission): the job on record.
+    again = job_store.create(
+        kind="evaluate", spec={}, created_by="key:b", dataset_fingerprint=None, job_id=first.id
+    )
+    assert again == job_store.get(first.id) == job_store.find(first.id)
+    assert (again.created_by, again.ray_submission_id) == ("key:a", first.id)
+    assert job_store.list(kind="evaluate")[1] == 1
+
+
+def test_an_update_expecting_a_state_applies_only_in_that_state(job_store: JobStore) -> None:
+    job_id = _create(job_store)
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+    first = job_store.update(
+        job_id, expected_state=JobState.PENDING, state=JobState.RUNNING, started_at=started
+    )
+    # A second reconciler that also read PENDING saw the same change: its write is ignored.
+    second = job_store.update(
+        job_id,
+        expected_state=JobState.PENDING,
+        state=JobState.RUNNING,
+        started_at=started + timedelta(seconds=1),
+    )
+    assert second == first and second.started_at == started
+    done = job_store.update(
+        job_id, expected_state=JobState.RUNNING, state=JobState.SUCCEEDED, metrics={"a": 1.0}
+    )
+    late = job_store.update(
+        job_id, expected_state=JobState.RUNNING, state=JobState.SUCCEEDED, metrics={"a": 2.0}
+    )
+    assert late == done and late.metrics == {"a": 1.0}
+
+
 def test_list_nonterminal(job_store: JobStore) -> None:
     pending = _create(job_store)
     running = _create(job_store)

@@ -26,6 +26,7 @@ from detrforge.api.routes import sweeps as sweep_routes
 from detrforge.api.routes import targets as target_routes
 from detrforge.control.evidence import JobEvidenceRunner
 from detrforge.control.jobs import JobService
+from detrforge.control.leases import PromotionLeases, replica_id
 from detrforge.control.mirror import MlflowMirror
 from detrforge.control.promotion import PromotionService
 from detrforge.control.sweeps import SweepService
@@ -41,6 +42,7 @@ from detrforge.registry.audit import AuditLog
 from detrforge.registry.benchmarks import BenchmarkStore
 from detrforge.registry.jobs import JobStore
 from detrforge.registry.keys import KeyStore
+from detrforge.registry.leases import LeaseStore
 from detrforge.registry.models import ModelStore
 from detrforge.registry.promotions import PromotionStore
 from detrforge.registry.targets import TargetStore
@@ -131,10 +133,18 @@ def build_services(settings: Settings) -> Services:
         max_checkpoint_bytes=settings.max_checkpoint_bytes,
         checkpoint_load_timeout_s=settings.checkpoint_load_timeout_s,
     )
+    leases = PromotionLeases(
+        LeaseStore(sessions),
+        ttl_s=settings.promotion_lease_ttl_s,
+        renew_interval_s=settings.promotion_lease_renew_s,
+        owner=replica_id(),
+    )
+    log.info("API replica %s (promotion leases of %g s)", leases.owner, leases.ttl_s)
     promotions = PromotionService(
         store=PromotionStore(sessions),
         runner=JobEvidenceRunner(jobs=jobs, benchmarks=benchmarks),
         mirror=mirror,
+        leases=leases,
         failpoints=frozenset(f for f in settings.failpoints.split(",") if f),
     )
     sweeps = SweepService(jobs)

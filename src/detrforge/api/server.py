@@ -1,6 +1,7 @@
 """``detrforge serve`` in the foreground: one server per home, owning the Ray head it starts.
 
-- A lock file in ``DETRFORGE_HOME`` refuses a second ``serve`` on the same home.
+- A lock file in ``DETRFORGE_HOME`` refuses a second ``serve`` on the same home; so a ``serve``
+  that starts there knows the last one is gone, and takes over its promotion leases at once.
 - Without ``RAY_ADDRESS`` it starts a local Ray head and claims it is up only once the head's
   Jobs API answers and a node is alive.
 - SIGTERM or Ctrl-C stops the API, then the head and every process the head started.
@@ -18,11 +19,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from detrforge.platform.cluster import LocalRayHead, log_tail
 from detrforge.platform.errors import ConflictError
 from detrforge.platform.settings import Settings
+
+if TYPE_CHECKING:
+    from detrforge.control.leases import PromotionLeases
 
 __all__ = [
     "HEAD_FAILURE_S",
@@ -31,6 +35,7 @@ __all__ = [
     "head_pid_file",
     "holder_pid",
     "run_server",
+    "succeed_previous_replica",
 ]
 
 # A head whose process lives but whose Jobs API or node has failed every check this long is dead.
@@ -136,6 +141,16 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def succeed_previous_replica(leases: PromotionLeases, home: Path) -> None:
+    """Take over the promotion leases of the last ``serve`` on this home: it is gone (this one
+    holds the home's lock), so its promotions resume now rather than when its leases expire."""
+    path = home / "replica.id"
+    previous = path.read_text().strip() if path.exists() else ""
+    if previous:
+        leases.take_over(previous)
+    path.write_text(leases.owner)
+
+
 def run_server(settings: Settings, *, echo: Callable[[str], None]) -> int:
     """Run the API in this process until SIGTERM/Ctrl-C or its head dies; returns the exit code.
 
@@ -177,6 +192,7 @@ def run_server(settings: Settings, *, echo: Callable[[str], None]) -> int:
                 f"{head.dashboard_url}); stopping serve stops it"
             )
         services = build_services(settings)
+        succeed_previous_replica(services.promotions.leases, settings.resolved_home())
         if services.keys.ensure_admin_key(settings.admin_key_path):
             echo(f"Created the admin API key in {settings.admin_key_path} (mode 0600)")
         app = create_app(settings, services=services)

@@ -65,9 +65,11 @@ class JobEvidenceRunner:
         *,
         policy: GatePolicy,
         promotion_id: str,
+        job_id: str,
         reference: EvidenceResult | None,
     ) -> EvidenceResult:
-        """Reuse a result that already answers ``need``, or submit the job that will."""
+        """Reuse a result that already answers ``need``, or submit the job that will as
+        ``job_id`` (adopting the job if it was submitted already, by a replica that died)."""
         actor = SystemPrincipal(f"promotion:{promotion_id}")
         try:
             if need.kind == "evaluate":
@@ -85,7 +87,7 @@ class JobEvidenceRunner:
                     split=policy.eval.split,
                     backend=policy.eval.backend,
                 )
-                job = self.jobs.submit_evaluation(evaluation, principal=actor)
+                job = self.jobs.submit_evaluation(evaluation, principal=actor, job_id=job_id)
             else:
                 assert need.target is not None
                 if need.role == "baseline" and reference is not None:
@@ -103,7 +105,7 @@ class JobEvidenceRunner:
                     model_name=version.model_name,
                     model_version=version.version,
                 )
-                job = self.jobs.submit_benchmark(benchmark, principal=actor)
+                job = self.jobs.submit_benchmark(benchmark, principal=actor, job_id=job_id)
         except ClusterError as exc:
             raise ClusterBusy(exc.message) from None
         except DetrforgeError as exc:

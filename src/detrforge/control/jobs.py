@@ -1,14 +1,13 @@
 """Fine-tune jobs from request to final state: intake, submit, reconcile, cancel.
 
-Jobs never write the registry. The API learns what happened by reconciling Ray's job status and
-the MLflow run tagged with the job id into the job row; it does so in the background, on every
-read of one job, and for every non-terminal job when it starts.
+Jobs never write the registry. Every API replica reconciles Ray's job status and the job's MLflow
+run into the job row (each write applies only if the row is still as it read it): in the
+background, on every read of one job, and for every non-terminal job when it starts.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -164,14 +163,25 @@ class JobService:
             return
         require_capacity(nodes, per_worker, spec.num_workers)
 
-    def submit(self, kind: str, spec: Any, *, principal: Principal, fingerprint: str | None) -> Job:
-        """Record the job, then submit it; a refused submission fails the job, loses nothing."""
+    def submit(
+        self,
+        kind: str,
+        spec: Any,
+        *,
+        principal: Principal,
+        fingerprint: str | None,
+        job_id: str = "",
+    ) -> Job:
+        """Record the job, then submit it, once under a ``job_id`` the caller recorded first."""
         job = self.job_store.create(
             kind=kind,
             spec=spec.model_dump(mode="json"),
             created_by=principal.principal,
             dataset_fingerprint=fingerprint,
+            job_id=job_id or None,
         )
+        if job.ray_submission_id or job.is_terminal:
+            return job  # under a job_id on record: submitted already, or refused for good
         args = ["--job-id", job.id, "--spec", spec.model_dump_json()]
         args += ["--dataset-fingerprint", fingerprint or ""]
         try:
@@ -226,15 +236,21 @@ class JobService:
             fields["resolution"] = resolution
         return fields
 
-    def submit_evaluation(self, request: EvaluateRequest, *, principal: Principal) -> Job:
+    def submit_evaluation(
+        self, request: EvaluateRequest, *, principal: Principal, job_id: str = ""
+    ) -> Job:
         """COCO AP of a checkpoint (or a fine-tune job's model) on a dataset split."""
         options = request.model_dump(exclude=_CHOICE_FIELDS)
         spec = parse_spec(EvaluateSpec, {**options, **self.weights(request)})
         self._check_checkpoint(spec.checkpoint, spec.checkpoint_sha256)
         info = self.intake_dataset(spec.dataset)
-        return self.submit("evaluate", spec, principal=principal, fingerprint=info.fingerprint)
+        return self.submit(
+            "evaluate", spec, principal=principal, fingerprint=info.fingerprint, job_id=job_id
+        )
 
-    def submit_benchmark(self, request: BenchmarkRequest, *, principal: Principal) -> Job:
+    def submit_benchmark(
+        self, request: BenchmarkRequest, *, principal: Principal, job_id: str = ""
+    ) -> Job:
         """Latency of a checkpoint on a named target; refused at once if no node has it."""
         target = self.targets.get(request.target)
         profile = {
@@ -264,7 +280,9 @@ class JobService:
             field="target",
         )
         fingerprint = self.intake_dataset(spec.dataset).fingerprint if spec.dataset else None
-        return self.submit("benchmark", spec, principal=principal, fingerprint=fingerprint)
+        return self.submit(
+            "benchmark", spec, principal=principal, fingerprint=fingerprint, job_id=job_id
+        )
 
     def _check_checkpoint(self, uri: str, sha256: str | None) -> None:
         self.require_file(uri, field="checkpoint")
@@ -298,6 +316,7 @@ class JobService:
         except NotFoundError:
             return self.job_store.update(
                 job_id,
+                expected_state=job.state,
                 state=JobState.FAILED,
                 error="the Ray cluster has no record of this job (was the cluster restarted?)",
                 finished_at=_now(),
@@ -326,7 +345,7 @@ class JobService:
                 "cluster could not place the workers (resources_per_worker, use_gpu) or is busy"
             )
             fields["finished_at"] = _now()
-        return self.job_store.update(job_id, state=state, **fields)
+        return self.job_store.update(job_id, expected_state=job.state, state=state, **fields)
 
     def record_benchmark(self, job: Job, run_id: str | None) -> None:
         """Append the benchmark's result to the history (idempotent per job)."""
@@ -419,14 +438,12 @@ class JobService:
             uris = store.list(store.uri_for(f"ray/{job_id}"))
         except DetrforgeError:
             return []
-        dirs = sorted(
+        return sorted(
             {u.rsplit("/", 1)[0] for u in uris if "/checkpoint_" in u and u.endswith(".ckpt")}
         )
-        return dirs
 
     def evaluation_result(self, job_id: str) -> dict[str, Any]:
         """The finished evaluation's stats and per-class table (from its MLflow run)."""
-
         job = self.reconcile(job_id)
         if job.kind != "evaluate":
             raise NotFoundError(f"job {job_id} is not an evaluation")
@@ -481,13 +498,3 @@ def measured_fields(out: dict[str, Any]) -> dict[str, Any]:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def wait_for_terminal(service: JobService, job_id: str, *, timeout_s: float) -> Job:
-    """Reconcile ``job_id`` until it is terminal or ``timeout_s`` passes (tests, demo)."""
-    deadline = time.monotonic() + timeout_s
-    job = service.reconcile(job_id)
-    while not job.is_terminal and time.monotonic() < deadline:
-        time.sleep(1.0)
-        job = service.reconcile(job_id)
-    return job

@@ -14,22 +14,27 @@
    gate result and, if all passed, changes the stages: one transaction (``applied`` or
    ``failed``).
 
-``advance`` runs on every read of an active promotion and in the background (``run_forever``).
+``advance`` runs on every read of an active promotion and in the background (``run_forever``)
+in every API replica; only the one holding the promotion's lease (``control.leases``) advances it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
-from detrforge.platform.blobs import sha256_file
-from detrforge.platform.errors import ConflictError, DetrforgeError, PermissionDeniedError
-from detrforge.platform.storage import open_store
+from detrforge.control.failpoints import failpoint
+from detrforge.control.integrity import integrity_gate
+from detrforge.control.leases import PromotionLeases
+from detrforge.platform.errors import (
+    ConflictError,
+    DetrforgeError,
+    LeaseLostError,
+    PermissionDeniedError,
+)
 from detrforge.registry.entities import (
     ACTIVE_PROMOTION_STATES,
     ApiKey,
@@ -41,10 +46,10 @@ from detrforge.registry.entities import (
     Stage,
 )
 from detrforge.registry.gates import Evidence, GatePolicy, check_gates
+from detrforge.registry.jobs import new_job_id
 from detrforge.registry.promotions import PromotionStore
 
 __all__ = [
-    "FAILPOINT_EXIT_CODE",
     "TRANSITIONS",
     "ClusterBusy",
     "EvidenceFailed",
@@ -55,14 +60,11 @@ __all__ = [
     "StageMirror",
     "check_transition",
     "find",
-    "integrity_gate",
     "plan",
     "verdict",
 ]
 
 log = logging.getLogger(__name__)
-
-FAILPOINT_EXIT_CODE = 86
 
 # The only moves a promotion makes; applied and failed are final.
 TRANSITIONS: Mapping[PromotionState, frozenset[PromotionState]] = {
@@ -102,8 +104,9 @@ class EvidenceNeed:
 
 @dataclass(frozen=True, slots=True)
 class EvidenceResult:
-    """Where a need stands: ``submitted`` (or the job's state, lowercased) with its job id, or
-    ``done`` with the figure (``ap`` or ``p95_ms``) and where it came from.
+    """Where a need stands: ``submitting`` (its job id recorded, the job maybe not submitted
+    yet), ``submitted`` (or the job's state, lowercased) with its job id, or ``done`` with the
+    figure (``ap`` or ``p95_ms``) and where it came from.
 
     ``to_json``/``from_json`` keep the shape stored in the promotion's ``evidence`` column.
     """
@@ -184,12 +187,15 @@ class EvidenceRunner(Protocol):
         *,
         policy: GatePolicy,
         promotion_id: str,
+        job_id: str,
         reference: EvidenceResult | None,
     ) -> EvidenceResult:
-        """Submit the job that answers ``need`` (``submitted``), or reuse a result (``done``).
+        """Submit the job that answers ``need`` as ``job_id`` (``submitted``), or reuse a result
+        (``done``).
 
-        ``reference`` is the candidate's finished result of the same kind and target, for a
-        baseline measured the same way.
+        Idempotent on ``job_id``: a job already submitted under it is adopted, never submitted
+        again. ``reference`` is the candidate's finished result of the same kind and target,
+        for a baseline measured the same way.
 
         Raises:
             ClusterBusy: try again later.
@@ -243,38 +249,6 @@ def plan(
                 needs.append(EvidenceNeed("baseline", "benchmark", gate.target))
     gathered = {item.need for item in evidence}
     return [need for need in needs if need not in gathered]
-
-
-def integrity_gate(version: ModelVersion) -> GateResult:
-    """Re-hash the version's stored bytes against the sha256 recorded at registration."""
-    uri = version.checkpoint_uri
-    actual: str | None
-    try:
-        if "://" in uri:
-            actual = open_store(uri.rsplit("/", 1)[0]).sha256(uri)
-        else:
-            actual = sha256_file(Path(uri))
-        passed = actual == version.checkpoint_sha256
-        detail = (
-            "checkpoint sha256 matches the registered one"
-            if passed
-            else f"checkpoint changed or corrupt: {uri} has sha256 {actual}, registered "
-            f"{version.checkpoint_sha256}"
-        )
-    except (DetrforgeError, OSError) as exc:
-        actual, passed = None, False
-        text = exc.message if isinstance(exc, DetrforgeError) else str(exc)
-        detail = f"checkpoint changed or corrupt: {uri} cannot be read ({text})"
-    return GateResult(
-        gate="integrity",
-        metric="checkpoint_sha256",
-        candidate=None,
-        baseline=None,
-        threshold=None,
-        passed=passed,
-        detail=detail,
-        evidence={"uri": uri, "sha256": actual, "registered": version.checkpoint_sha256},
-    )
 
 
 def _evidence_for(
@@ -338,6 +312,7 @@ class PromotionService:
     store: PromotionStore
     runner: EvidenceRunner
     mirror: StageMirror
+    leases: PromotionLeases
     failpoints: frozenset[str] = frozenset()
     wake: threading.Event = field(default_factory=threading.Event)
     _advance_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -387,19 +362,37 @@ class PromotionService:
         return len(active)
 
     def run_forever(self, stop: threading.Event, *, interval_s: float) -> None:
-        """Advance active promotions: woken by a new request, else every ``interval_s``."""
-        while not stop.is_set():
-            try:
-                self.advance_all()
-            except Exception:  # noqa: BLE001 - the loop must survive a flaky cluster or tracker
-                log.exception("promotion pass failed")
-            self.wake.wait(interval_s)
-            self.wake.clear()
+        """Advance active promotions: woken by a new request, else every ``interval_s``; the
+        leases taken are renewed meanwhile, and released once ``stop`` is set."""
+        renewing = threading.Event()  # set: the renewer ends (however this loop ends)
+        renewer = threading.Thread(
+            target=self.leases.keep_renewed, args=(renewing,), name="lease-renewer", daemon=True
+        )
+        renewer.start()
+        try:
+            while not stop.is_set():
+                try:
+                    self.advance_all()
+                except Exception:  # noqa: BLE001 - must survive a flaky cluster or tracker
+                    log.exception("promotion pass failed")
+                self.wake.wait(interval_s)
+                self.wake.clear()
+        finally:
+            renewing.set()
+            renewer.join()
+            self.leases.release_all()
 
     def advance(self, promotion_id: str) -> Promotion:
-        """Move one promotion as far as it can go now; never blocks on a job."""
+        """Move one promotion as far as it can go now, if this replica holds its lease (or can
+        take it); never blocks on a job."""
         with self._advance_lock:
-            return self._advance(promotion_id)
+            if not self.leases.claim(promotion_id):
+                return self.store.get(promotion_id)  # another replica advances it, or it ended
+            try:
+                return self._advance(promotion_id)
+            except LeaseLostError as exc:
+                log.warning("promotion %s: %s", promotion_id, exc.message)
+                return self.store.get(promotion_id)
 
     def _advance(self, promotion_id: str) -> Promotion:
         step = self.store.step(promotion_id)
@@ -417,6 +410,7 @@ class PromotionService:
                 promotion.id,
                 state=PromotionState.running,
                 baseline_version=baseline.version if baseline else None,
+                owner=self.leases.owner,
             )
         evidence = [EvidenceResult.from_json(item) for item in promotion.evidence]
         try:
@@ -448,20 +442,37 @@ class PromotionService:
         for _ in range(2):  # a baseline benchmark is planned once the candidate's is known
             missing = plan(policy, baseline, evidence)
             for need in missing:
+                # Its id is on record before the job exists: a taker resubmits under the same id.
                 version = candidate if need.role == "candidate" else baseline
                 assert version is not None
-                reference = find(evidence, "candidate", need.kind, need.target)
-                evidence.append(
-                    self.runner.start(
-                        need,
+                job_id = new_job_id(need.kind)
+                evidence.append(EvidenceResult(need, version.version, "submitting", job_id))
+            if missing:
+                self._save(promotion, evidence)
+            for i, item in enumerate(evidence):
+                if item.state != "submitting":
+                    continue
+                version = candidate if item.need.role == "candidate" else baseline
+                assert version is not None and item.job_id is not None
+                reference = find(evidence, "candidate", item.need.kind, item.need.target)
+                try:
+                    evidence[i] = self.runner.start(
+                        item.need,
                         version,
                         policy=policy,
                         promotion_id=promotion.id,
+                        job_id=item.job_id,
                         reference=reference if reference and reference.done else None,
                     )
-                )
-            if missing:
-                self._save(promotion, evidence)
+                except ClusterBusy:
+                    # The refused id is spent (its job row says "never started"): a new one.
+                    evidence[i] = replace(item, job_id=new_job_id(item.need.kind))
+                    raise
+                except EvidenceFailed:
+                    del evidence[i]
+                    raise
+            if missing and (hang := failpoint("promotion.after_submit", self.failpoints)):
+                hang()
             for i, item in enumerate(evidence):
                 if not item.done:
                     evidence[i] = self.runner.read(item, policy=policy)
@@ -470,7 +481,8 @@ class PromotionService:
         return not plan(policy, baseline, evidence)
 
     def _save(self, promotion: Promotion, evidence: Sequence[EvidenceResult]) -> Promotion:
-        return self.store.update(promotion.id, evidence=[item.to_json() for item in evidence])
+        evidence_json = [item.to_json() for item in evidence]
+        return self.store.update(promotion.id, evidence=evidence_json, owner=self.leases.owner)
 
     def _finish(
         self, promotion: Promotion, results: list[GateResult], *, passed: bool, message: str
@@ -480,18 +492,8 @@ class PromotionService:
             gate_results=results,
             passed=passed,
             message=message,
-            before_commit=self._failpoint("promotion.before_commit"),
+            before_commit=failpoint("promotion.before_commit", self.failpoints),
+            owner=self.leases.owner,
         )
         self.mirror.sync(promotion.model_name)
         return finished
-
-    def _failpoint(self, name: str) -> Callable[[], None] | None:
-        if name not in self.failpoints:
-            return None
-
-        def crash() -> None:
-            log.error("failpoint %s: exiting the process now", name)
-            logging.shutdown()
-            os._exit(FAILPOINT_EXIT_CODE)
-
-        return crash

@@ -8,16 +8,31 @@ from an installed wheel and from any working directory.
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import URL, DateTime, Engine, MetaData, create_engine, event, make_url
-from sqlalchemy.engine import Dialect
+from sqlalchemy import (
+    URL,
+    CursorResult,
+    DateTime,
+    Engine,
+    MetaData,
+    create_engine,
+    event,
+    func,
+    make_url,
+    select,
+)
+from sqlalchemy.engine import Dialect, Result
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
@@ -25,10 +40,12 @@ __all__ = [
     "Base",
     "UtcDateTime",
     "alembic_config",
+    "database_now",
     "make_engine",
     "make_session_factory",
     "normalize_url",
     "private_sqlite_file",
+    "updated_rows",
     "upgrade_database",
     "utcnow",
 ]
@@ -60,6 +77,26 @@ class Base(DeclarativeBase):
 def utcnow() -> datetime:
     """The current time as a timezone-aware UTC datetime."""
     return datetime.now(UTC)
+
+
+def database_now(session: Session) -> datetime:
+    """The database server's clock (aware UTC) on PostgreSQL; this host's clock on SQLite.
+
+    Leases compare expiry times written by different API replicas: on PostgreSQL they all read
+    the one server clock, so skew between replica hosts does not matter. A SQLite database is on
+    one host, so every replica reads the same clock there anyway.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        now = session.scalar(select(func.now()))
+        assert isinstance(now, datetime)
+        return now.astimezone(UTC)
+    return utcnow()
+
+
+def updated_rows(result: Result[Any]) -> int:
+    """How many rows an UPDATE's WHERE matched: what a conditional write checks to know it won."""
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -169,5 +206,44 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade_database(url: str) -> None:
-    """Create or upgrade the schema at ``url`` to the newest migration; a no-op when current."""
-    command.upgrade(alembic_config(url), "head")
+    """Create or upgrade the schema at ``url`` to the newest migration; a no-op when current.
+
+    API replicas starting together on a new database take turns (``_migration_lock``): the
+    first migrates, the others then find the schema current.
+    """
+    with _migration_lock(url):
+        command.upgrade(alembic_config(url), "head")
+
+
+# The pg_advisory_lock key of the migrations (any bigint no other lock of the database uses).
+_MIGRATION_LOCK_KEY = int.from_bytes(b"detrforg", "big")
+
+
+@contextmanager
+def _migration_lock(url: str) -> Iterator[None]:
+    """Hold, for the whole migration, a PostgreSQL advisory lock (on its own connection) or an
+    exclusive ``flock`` on ``<database>.migrate.lock`` beside a SQLite file."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        engine = create_engine(parsed, poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                connection.execute(select(func.pg_advisory_lock(_MIGRATION_LOCK_KEY)))
+                try:
+                    yield
+                finally:
+                    connection.execute(select(func.pg_advisory_unlock(_MIGRATION_LOCK_KEY)))
+        finally:
+            engine.dispose()
+        return
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    _create_private_file(database)
+    lock = os.open(f"{database}.migrate.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)  # closing drops the lock

@@ -14,6 +14,7 @@ __all__ = [
     "DatasetProblem",
     "DetrforgeError",
     "IntegrityError",
+    "LeaseLostError",
     "InvalidDatasetError",
     "InvalidRequestError",
     "InvalidSpecError",
@@ -83,6 +84,10 @@ class NotFoundError(DetrforgeError):
 
 class ConflictError(DetrforgeError):
     code = "CONFLICT"
+
+
+class LeaseLostError(ConflictError):
+    """Another API replica holds the lease of what this one was about to change."""
 
 
 class UnauthenticatedError(DetrforgeError):

@@ -112,7 +112,13 @@ class Launcher:
         submission_id: str,
         metadata: dict[str, str] | None = None,
     ) -> str:
-        """Submit ``module`` as a Ray job named ``submission_id``; returns the submission id."""
+        """Submit ``module`` as a Ray job named ``submission_id``; returns the submission id.
+
+        Idempotent: Ray accepts a submission id once, so when a job with ``submission_id``
+        exists already (an API replica submitted it and died before recording it) it is that
+        job's id that comes back, and nothing new starts; so too when Ray took the job but its
+        answer was lost.
+        """
         entrypoint = shlex.join([self.python, "-m", module, *args])
         deadline = time.monotonic() + self.agent_wait_s
         while True:
@@ -128,10 +134,14 @@ class Launcher:
             except ClusterError:
                 raise
             except Exception as exc:
+                if f"submission_id {submission_id} already exists" in str(exc):
+                    return submission_id
                 # A freshly started head answers this until its job agent is up.
                 if "No available agent" in str(exc) and time.monotonic() < deadline:
                     time.sleep(1.0)
                     continue
+                if self.has_job(submission_id):
+                    return submission_id
                 raise ClusterError(f"Ray refused job {submission_id}: {exc}") from exc
 
     def status(self, submission_id: str) -> JobStatus:
@@ -146,6 +156,14 @@ class Launcher:
         except Exception as exc:
             raise ClusterError(f"cannot read Ray job {submission_id}: {exc}") from exc
         return JobStatus(status=str(info.status), message=info.message)
+
+    def has_job(self, submission_id: str) -> bool:
+        """Whether Ray knows the job (False too when Ray cannot be asked)."""
+        try:
+            self.status(submission_id)
+        except (ClusterError, NotFoundError):
+            return False
+        return True
 
     def node_resources(self) -> list[dict[str, float]]:
         """The total resources of every alive node, read through the dashboard's state API."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from detrforge.platform.limits import DEFAULT_MAX_ANNOTATION_BYTES, DEFAULT_MAX_REQUEST_BYTES
@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     mlflow_mirror_interval_s: float = Field(default=300.0, gt=0)
     # A job whose workers cannot be placed within this time is failed, not left pending forever.
     schedule_timeout_s: float = 600.0
+    # Every API replica advances only the promotions whose lease it holds (``control.leases``):
+    # a lease lasts this long unless renewed, and is renewed this often. A replica that dies
+    # leaves its promotions to another once its leases expire.
+    promotion_lease_ttl_s: float = Field(default=30.0, gt=0)
+    promotion_lease_renew_s: float = Field(default=10.0, gt=0)
     # Comma-separated failpoints for crash tests, e.g. "promotion.before_commit": the process
     # exits at that point. Never set in production.
     failpoints: str = ""
@@ -94,6 +99,16 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1)
     # The largest _annotations.coco.json a dataset may hold (it is read into memory to validate).
     max_annotation_bytes: int = Field(default=DEFAULT_MAX_ANNOTATION_BYTES, ge=1)
+
+    @model_validator(mode="after")
+    def _renew_before_expiry(self) -> Settings:
+        if self.promotion_lease_renew_s >= self.promotion_lease_ttl_s:
+            raise ValueError(
+                f"promotion_lease_renew_s ({self.promotion_lease_renew_s:g}) must be shorter "
+                f"than promotion_lease_ttl_s ({self.promotion_lease_ttl_s:g}), or leases expire "
+                "while their replica still works; e.g. renew every third of the TTL"
+            )
+        return self
 
     def resolved_home(self) -> Path:
         """``home`` as an absolute path, created if missing (0700: it holds the admin key and the

@@ -375,6 +375,9 @@ class SqlPromotion(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # The API replica advancing it and until when (``registry.leases``); migration 0004.
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     def to_entity(self, model_name: str, gate_results: list[GateResult]) -> Promotion:
         return Promotion(

@@ -15,6 +15,7 @@ __all__ = [
     "HardwareTarget",
     "Job",
     "JobState",
+    "Lease",
     "ModelVersion",
     "Promotion",
     "Principal",
@@ -342,6 +343,15 @@ class Promotion:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who advances a promotion: the API replica ``owner``, until ``expires_at`` unless renewed."""
+
+    promotion_id: str
+    owner: str
+    expires_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

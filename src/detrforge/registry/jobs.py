@@ -8,7 +8,7 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, exc, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from detrforge.platform.db import utcnow
@@ -62,8 +62,10 @@ class JobStore:
         spec: dict[str, Any],
         created_by: str,
         dataset_fingerprint: str | None,
+        job_id: str | None = None,
     ) -> Job:
-        """Record a new ``PENDING`` job.
+        """Record a new ``PENDING`` job, under ``job_id`` when the caller chose one already;
+        a job on record under that id is returned as it is (the caller recorded it before).
 
         Raises:
             InvalidSpecError: ``kind`` is not a lower-case identifier of at most 32 characters.
@@ -75,7 +77,7 @@ class JobStore:
             )
         now = utcnow()
         row = SqlJob(
-            id=new_job_id(kind),
+            id=job_id or new_job_id(kind),
             kind=kind,
             state=JobState.PENDING.value,
             spec=dict(spec),
@@ -86,10 +88,19 @@ class JobStore:
             created_at=now,
             updated_at=now,
         )
-        with self._sessions.begin() as session:
-            session.add(row)
-            session.flush()
-            return row.to_entity()
+        existing = self.find(job_id) if job_id is not None else None
+        if existing is not None:
+            return existing
+        try:
+            with self._sessions.begin() as session:
+                session.add(row)
+                session.flush()
+                return row.to_entity()
+        except exc.IntegrityError:
+            existing = self.find(row.id) if job_id is not None else None
+            if existing is None:  # a random id cannot collide; something else is wrong
+                raise
+            return existing  # recorded by a racing caller a moment ago
 
     def get(self, job_id: str) -> Job:
         """The job with id ``job_id``.
@@ -102,6 +113,12 @@ class JobStore:
             if row is None:
                 raise NotFoundError(f"job {job_id} not found")
             return row.to_entity()
+
+    def find(self, job_id: str) -> Job | None:
+        """The job with id ``job_id``, or None when there is none."""
+        with self._sessions() as session:
+            row = session.get(SqlJob, job_id)
+            return None if row is None else row.to_entity()
 
     def list(
         self,
@@ -139,12 +156,15 @@ class JobStore:
             ).all()
             return [row.to_entity() for row in rows]
 
-    def update(self, job_id: str, **fields: Any) -> Job:
+    def update(self, job_id: str, *, expected_state: JobState | None = None, **fields: Any) -> Job:
         """Record new values for some of ``UPDATABLE_FIELDS`` and return the job as stored.
 
         A terminal state is final: an update that would move a terminal job to another state is
         ignored as a whole and the job comes back unchanged. The check happens inside the UPDATE
         statement itself, so a racing writer (the reconciler vs a cancel request) cannot undo it.
+        With ``expected_state`` the update applies only if the job is still in that state (a
+        reconciler writes what it saw change; when another replica's reconciler recorded that
+        change first, this one's is ignored and it gets the job as the other left it).
 
         Raises:
             NotFoundError: no such job.
@@ -156,6 +176,8 @@ class JobStore:
         values = {name: _check_value(name, value) for name, value in fields.items()}
         values["updated_at"] = utcnow()
         statement = update(SqlJob).where(SqlJob.id == job_id).values(**values)
+        if expected_state is not None:
+            statement = statement.where(SqlJob.state == JobState(expected_state).value)
         if "state" in values:
             statement = statement.where(
                 or_(

@@ -13,10 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import exc, select
+from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session, sessionmaker
 
-from detrforge.platform.db import utcnow
-from detrforge.platform.errors import ConflictError, InvalidSpecError, NotFoundError
+from detrforge.platform.db import updated_rows, utcnow
+from detrforge.platform.errors import (
+    ConflictError,
+    InvalidSpecError,
+    LeaseLostError,
+    NotFoundError,
+)
 from detrforge.registry.audit import AuditLog, write_audit
 from detrforge.registry.dbmodels import (
     SqlGatePolicy,
@@ -32,6 +38,7 @@ from detrforge.registry.entities import (
     PromotionState,
     Stage,
 )
+from detrforge.registry.leases import ACTIVE_STATE_VALUES
 from detrforge.registry.rows import lock_model, model_row, new_id, slot, stage_holder, version_row
 
 __all__ = ["PromotionStep", "PromotionStore"]
@@ -212,24 +219,43 @@ class PromotionStore:
         baseline_version: int | None = None,
         evidence: Sequence[Mapping[str, Any]] | None = None,
         message: str | None = None,
+        owner: str | None = None,
     ) -> Promotion:
-        """Progress of an active promotion (state running, its baseline, its evidence)."""
+        """Progress of an active promotion (state running, its baseline, its evidence); with
+        ``owner``, only while that API replica holds the promotion's lease.
+
+        One conditional UPDATE: a finished promotion, or one another replica has leased since,
+        is left as it is.
+
+        Raises:
+            NotFoundError: no such promotion.
+            ConflictError: it is finished (``LeaseLostError``: another replica holds it).
+        """
+        values: dict[str, Any] = {"updated_at": utcnow()}
+        if state is not None:
+            values["state"] = PromotionState(state).value
+        if baseline_version is not None:
+            values["baseline_version"] = baseline_version
+        if evidence is not None:
+            values["evidence"] = [dict(item) for item in evidence]
+        if message is not None:
+            values["message"] = message
+        statement = (
+            sql_update(SqlPromotion)
+            .where(SqlPromotion.id == promotion_id, SqlPromotion.state.in_(ACTIVE_STATE_VALUES))
+            .values(**values)
+        )
+        if owner is not None:
+            statement = statement.where(SqlPromotion.lease_owner == owner)
         with self._sessions.begin() as session:
-            row = session.get(SqlPromotion, promotion_id)
+            result = session.execute(statement, execution_options={"synchronize_session": False})
+            row = session.get(SqlPromotion, promotion_id, populate_existing=True)
             if row is None:
                 raise NotFoundError(f"promotion {promotion_id} not found")
-            if PromotionState(row.state).is_terminal:
-                raise ConflictError(f"promotion {promotion_id} is already {row.state}")
-            if state is not None:
-                row.state = PromotionState(state).value
-            if baseline_version is not None:
-                row.baseline_version = baseline_version
-            if evidence is not None:
-                row.evidence = [dict(item) for item in evidence]
-            if message is not None:
-                row.message = message
-            row.updated_at = utcnow()
-            session.flush()
+            if updated_rows(result) != 1:
+                if PromotionState(row.state).is_terminal:
+                    raise ConflictError(f"promotion {promotion_id} is already {row.state}")
+                raise _lease_lost(row, owner)
             return self._promotion_entity(session, row)
 
     def finish(
@@ -240,6 +266,7 @@ class PromotionStore:
         passed: bool,
         message: str,
         before_commit: Callable[[], None] | None = None,
+        owner: str | None = None,
     ) -> Promotion:
         """Record the gate results and, if all passed, change the stages: one transaction.
 
@@ -247,7 +274,12 @@ class PromotionStore:
         the promotion becomes ``applied`` and one audit row tells it all. If production changed
         while the gates ran (a rollback, say), the promotion fails instead: its verdict was
         against a baseline that no longer holds. A finished promotion is returned unchanged.
-        ``before_commit`` runs just before the commit (a failpoint for crash tests).
+        ``before_commit`` runs just before the commit (a failpoint for crash tests). With
+        ``owner``, only the API replica holding the promotion's lease may finish it; the lease
+        ends with it.
+
+        Raises:
+            LeaseLostError: another replica holds the lease now.
         """
         with self._sessions.begin() as session:
             row = session.get(SqlPromotion, promotion_id)
@@ -256,9 +288,12 @@ class PromotionStore:
             model = session.get(SqlRegisteredModel, row.model_id)
             assert model is not None
             model = lock_model(session, model.name)
-            session.refresh(row)
+            # Row-locked on PostgreSQL: no replica takes the lease between this check and commit.
+            session.refresh(row, with_for_update=True)
             if PromotionState(row.state).is_terminal:
                 return self._promotion_entity(session, row)
+            if owner is not None and row.lease_owner != owner:
+                raise _lease_lost(row, owner)
             to = Stage(row.to_stage)
             candidate = version_row(session, model, row.version)
             production = stage_holder(session, model, Stage.production)
@@ -324,6 +359,7 @@ class PromotionStore:
             row.message = message
             row.updated_at = now
             row.finished_at = now
+            row.lease_owner = row.lease_expires_at = None
             write_audit(
                 session,
                 actor=row.actor,
@@ -363,6 +399,13 @@ class PromotionStore:
                 baseline=baseline,
                 production=production.to_entity(model.name) if production else None,
             )
+
+
+def _lease_lost(row: SqlPromotion, owner: str | None) -> LeaseLostError:
+    return LeaseLostError(
+        f"promotion {row.id} is leased to API replica {row.lease_owner}; replica {owner} no "
+        "longer advances it"
+    )
 
 
 def _busy(name: str, active: SqlPromotion) -> ConflictError:
