@@ -79,6 +79,7 @@ class FiguresRunner:
         *,
         policy: GatePolicy,
         promotion_id: str,
+        job_id: str,
         reference: EvidenceResult | None,
     ) -> EvidenceResult:
         spec = {
@@ -93,6 +94,7 @@ class FiguresRunner:
             spec=spec,
             created_by=f"promotion {promotion_id}",
             dataset_fingerprint=None,
+            job_id=job_id,
         )
         self.job_store.update(job.id, state=JobState.RUNNING, started_at=datetime.now(UTC))
         return EvidenceResult(need=need, version=version.version, state="submitted", job_id=job.id)
@@ -346,7 +348,10 @@ def console(tmp_path_factory: pytest.TempPathFactory, synth_ds: DatasetInfo) -> 
     runner = FiguresRunner(job_store=services.jobs.job_store, benchmarks=services.benchmarks)
     runner.release.set()
     services.promotions = PromotionService(
-        store=services.promotions.store, runner=runner, mirror=services.promotions.mirror
+        store=services.promotions.store,
+        runner=runner,
+        mirror=services.promotions.mirror,
+        leases=services.promotions.leases,
     )
     keys = {role: services.keys.create(name=f"test-{role.value}", role=role)[1] for role in Role}
     url, server, thread = _serve(create_app(settings, services=services))
