@@ -355,6 +355,10 @@ def test_the_baseline_benchmark_reuses_a_record_measured_like_the_candidates(
     assert (ratio.candidate, ratio.baseline) == (9.0, 10.0)
 
 
+# Long enough that A's steps, on a loaded 2-core machine, end well within A's lease.
+LEASE_S = 3.0
+
+
 def test_another_replica_resumes_a_running_promotion_once_the_lease_expires(
     stores: RegistryStores, tmp_path: Path
 ) -> None:
@@ -362,7 +366,7 @@ def test_another_replica_resumes_a_running_promotion_once_the_lease_expires(
     _policy(stores, eval=EVAL, ap_floor=0.3)
     # Replica A submits the evaluation, then dies before it is read back.
     submitter = FakeRunner(ap={1: 0.4}, hold=True)
-    first = _machine(stores, submitter, replica="replica-a", ttl_s=0.5)
+    first = _machine(stores, submitter, replica="replica-a", ttl_s=LEASE_S)
     promotion = first.request(
         MODEL, 1, to=Stage.production, reason="", principal=_key(), request_id=None
     )
@@ -379,12 +383,12 @@ def test_another_replica_resumes_a_running_promotion_once_the_lease_expires(
         }
     ]
     restarted = FakeRunner(ap={1: 0.4})
-    second = _machine(stores, restarted, replica="replica-b", ttl_s=0.5)
+    second = _machine(stores, restarted, replica="replica-b", ttl_s=LEASE_S)
     # A's lease still holds: B reads the promotion but does not advance it.
     assert second.get(promotion.id).evidence == running.evidence
     assert second.advance_all() == 1 and restarted.job_ids == []
 
-    time.sleep(0.7)
+    time.sleep(LEASE_S + 0.3)
     done = second.get(promotion.id)
 
     assert done.state == PromotionState.applied
