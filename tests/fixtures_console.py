@@ -39,6 +39,7 @@ from detrforge.registry.entities import JobState, ModelVersion, Role
 from detrforge.registry.gates import GatePolicy
 from detrforge.registry.jobs import JobStore
 from fixtures_cluster import free_port, make_settings, wait_until
+from fixtures_gates import paired_summary
 
 MODEL = "shelf-detector"
 PROBE = "markup-probe"
@@ -80,14 +81,18 @@ class FiguresRunner:
         policy: GatePolicy,
         promotion_id: str,
         job_id: str,
-        reference: EvidenceResult | None,
+        baseline: ModelVersion | None,
     ) -> EvidenceResult:
+        paired = baseline is not None and need.kind == "benchmark"
+        if paired and need.target is not None:
+            paired = policy.target(need.target).max_p95_ratio is not None
         spec = {
             "checkpoint": version.checkpoint_uri,
             "checkpoint_sha256": version.checkpoint_sha256,
             "model_name": version.model_name,
             "model_version": version.version,
             "target": need.target,
+            "baseline_version": baseline.version if paired and baseline else None,
         }
         job = self.job_store.create(
             kind=need.kind,
@@ -109,6 +114,8 @@ class FiguresRunner:
             figures = {"bbox/AP": AP[result.version]}
             done = replace(result, state="done", ap=AP[result.version], mlflow_run_id=run_id)
         else:
+            base = job.spec.get("baseline_version")
+            pair = paired_summary(P95[result.version], P95[base]) if base else None
             record = self.benchmarks.add(
                 _record(
                     job.id,
@@ -116,6 +123,7 @@ class FiguresRunner:
                     P95[result.version],
                     version=result.version,
                     run_id=run_id,
+                    paired=pair,
                 )
             )
             figures = {"latency_ms/p95": P95[result.version]}
@@ -126,6 +134,7 @@ class FiguresRunner:
                 record_id=record.id,
                 mlflow_run_id=run_id,
                 node_id="node-1",
+                paired=pair,
             )
         self.job_store.update(
             job.id,
@@ -146,8 +155,10 @@ def _record(
     run_id: str | None = None,
     at: datetime | None = None,
     pins: dict[str, str] | None = None,
+    paired: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
+        "paired": paired,
         "job_id": job_id,
         "created_at": at,
         "model_name": MODEL,

@@ -76,6 +76,7 @@ PROMOTION_PARTS = {
     "detrforge.control.failpoints",
     "detrforge.control.integrity",
     "detrforge.control.leases",
+    "detrforge.control.needs",
 }
 
 
@@ -88,4 +89,5 @@ def test_the_promotion_machine_knows_only_stores_gates_and_its_runner_protocol()
         part_imports = _detrforge_modules(SRC / "control" / f"{part.rsplit('.', 1)[1]}.py")
         assert not {m for m in part_imports if m.startswith("detrforge.control.")}, part
     assert not {m for m in imports if m.startswith("detrforge.platform.launcher")}, imports
-    assert "detrforge.control.promotion" in _detrforge_modules(SRC / "control" / "evidence.py")
+    # evidence.py implements the runner protocol the machine's needs define.
+    assert "detrforge.control.needs" in _detrforge_modules(SRC / "control" / "evidence.py")

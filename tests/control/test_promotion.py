@@ -21,6 +21,7 @@ from detrforge.control.promotion import (
     PromotionService,
     check_transition,
     plan,
+    verdict,
 )
 from detrforge.platform.errors import ConflictError, PermissionDeniedError
 from detrforge.registry.entities import (
@@ -33,6 +34,7 @@ from detrforge.registry.entities import (
 )
 from detrforge.registry.gates import GatePolicy
 from fixtures_db import RegistryStores
+from fixtures_gates import paired_summary
 
 ACTOR = "key:test-approver"
 MODEL = "shelf"
@@ -50,13 +52,15 @@ class FakeRunner:
 
     ap: dict[int, float] = field(default_factory=dict)
     p95: dict[tuple[int, str], float] = field(default_factory=dict)
+    # The p95 ratio interval's relative half-width, per candidate version (default 5%).
+    spread: dict[int, float] = field(default_factory=dict)
     busy: int = 0
     fail: set[tuple[str, str]] = field(default_factory=set)
-    reuse_baseline: bool = False
     # Jobs stay submitted when read (an API that dies before they end).
     hold: bool = False
     started: list[tuple[str, str, str | None, int]] = field(default_factory=list)
-    references: list[EvidenceResult | None] = field(default_factory=list)
+    # job id -> the baseline version its benchmark was paired with
+    paired_with: dict[str, int] = field(default_factory=dict)
     job_ids: list[str] = field(default_factory=list)
 
     def start(
@@ -67,23 +71,17 @@ class FakeRunner:
         policy: GatePolicy,
         promotion_id: str,
         job_id: str,
-        reference: EvidenceResult | None,
+        baseline: ModelVersion | None,
     ) -> EvidenceResult:
         self.job_ids.append(job_id)
         if self.busy:
             self.busy -= 1
             raise ClusterBusy("the cluster has no free CPU for 2 s")
         self.started.append((need.role, need.kind, need.target, version.version))
-        self.references.append(reference)
-        submitted = EvidenceResult(
-            need=need,
-            version=version.version,
-            state="submitted",
-            job_id=job_id,
-        )
-        if self.reuse_baseline and need.role == "baseline" and reference is not None:
-            return replace(self._done(submitted), job_id="job-earlier", reused=True)
-        return submitted
+        if need.kind == "benchmark" and baseline is not None:
+            if policy.target(str(need.target)).max_p95_ratio is not None:
+                self.paired_with[job_id] = baseline.version
+        return EvidenceResult(need=need, version=version.version, state="submitted", job_id=job_id)
 
     def read(self, result: EvidenceResult, *, policy: GatePolicy) -> EvidenceResult:
         if self.hold:
@@ -99,13 +97,19 @@ class FakeRunner:
         if result.need.kind == "evaluate":
             return replace(result, state="done", ap=self.ap[result.version], mlflow_run_id="run")
         target = str(result.need.target)
+        p95 = self.p95[(result.version, target)]
+        paired = None
+        if (base := self.paired_with.get(str(result.job_id))) is not None:
+            spread = self.spread.get(result.version, 0.05)
+            paired = paired_summary(p95, self.p95[(base, target)], spread=spread)
         return replace(
             result,
             state="done",
-            p95_ms=self.p95[(result.version, target)],
+            p95_ms=p95,
             record_id=f"bench-v{result.version}-{target}",
             mlflow_run_id="run",
             node_id="node-1",
+            paired=paired,
         )
 
 
@@ -211,12 +215,13 @@ def test_all_gates_pass_and_the_candidate_enters_production(
         2,
         Stage.archived,
     )
-    assert sorted(runner.started) == [
-        ("baseline", "benchmark", "cpu", 1),
-        ("baseline", "evaluate", None, 1),
-        ("candidate", "benchmark", "cpu", 2),
+    # The evaluations first; then one benchmark: the candidate paired with production.
+    assert runner.started[:2] == [
         ("candidate", "evaluate", None, 2),
+        ("baseline", "evaluate", None, 1),
     ]
+    assert runner.started[2:] == [("candidate", "benchmark", "cpu", 2)]
+    assert list(runner.paired_with.values()) == [1]
     assert machine.mirror.synced == [MODEL, MODEL]  # type: ignore[attr-defined]
 
 
@@ -254,10 +259,66 @@ def test_a_p95_ratio_over_the_limit_is_refused(stores: RegistryStores, tmp_path:
         False,
     )
     assert done.message == (
-        "refused: max_p95_ratio: p95 on cpu 15.0 ms vs production v1 10.0 ms: ratio 1.50, over "
-        "by 0.30x; the limit is 1.20"
+        "refused: max_p95_ratio: p95 ratio on cpu 1.50 [1.42, 1.58] is above 1.20: p95 15.0 ms "
+        "vs production v1 10.0 ms, 292 samples per arm, 95% interval, noise CV 4%"
     )
+    assert ratio.evidence["verdict"] == "fail"
+    assert ratio.evidence["paired"]["ratio"]["p95"]["low"] == pytest.approx(1.425)
     assert _in_production(stores) == 1
+
+
+@pytest.mark.parametrize(
+    ("candidate_p95", "spread", "state", "verdict"),
+    [
+        (10.5, 0.05, PromotionState.applied, "pass"),  # [1.00, 1.10]: within 1.2
+        (11.0, 0.25, PromotionState.failed, "inconclusive"),  # [0.83, 1.38] straddles 1.2
+        (13.0, 0.05, PromotionState.failed, "fail"),  # [1.24, 1.37]: all above
+    ],
+)
+def test_the_p95_ratio_gate_reads_the_interval_not_the_point(
+    stores: RegistryStores,
+    tmp_path: Path,
+    candidate_p95: float,
+    spread: float,
+    state: PromotionState,
+    verdict: str,
+) -> None:
+    _register(stores, tmp_path, 2)
+    runner = FakeRunner(p95={(1, "cpu"): 10.0, (2, "cpu"): candidate_p95}, spread={2: spread})
+    machine = _machine(stores, runner)
+    _promote(machine, 1)
+    _policy(stores, targets=[{"target": "cpu", "max_p95_ratio": 1.2}])
+
+    done = _promote(machine, 2)
+
+    assert done.state == state
+    [ratio] = [g for g in done.gate_results if g.gate == "max_p95_ratio"]
+    assert ratio.evidence["verdict"] == verdict
+    if verdict == "inconclusive":
+        assert done.message == (
+            "refused: max_p95_ratio: inconclusive: p95 ratio 1.10 [0.83, 1.38] straddles 1.20; "
+            "noise CV 4% (cpu: p95 11.0 ms vs production v1 10.0 ms, 292 samples per arm, 95% "
+            "interval, noise CV 4%)"
+        )
+
+
+def test_a_ratio_gate_without_a_paired_measurement_fails(
+    stores: RegistryStores, tmp_path: Path
+) -> None:
+    """Old evidence (a baseline benchmark of its own, from before paired gates) is not enough."""
+    _register(stores, tmp_path, 2)
+    policy = GatePolicy.model_validate({"targets": [{"target": "cpu", "max_p95_ratio": 1.2}]})
+    candidate, baseline = (stores.models.get_version(MODEL, v) for v in (2, 1))
+    evidence = [
+        EvidenceResult(EvidenceNeed(role, "benchmark", "cpu"), v, "done", p95_ms=10.0)
+        for role, v in (("candidate", 2), ("baseline", 1))
+    ]
+    results, passed, message = verdict(policy, candidate, baseline, evidence)
+    assert not passed
+    assert message == (
+        "refused: max_p95_ratio: no paired measurement of v2 against production v1 on cpu: a "
+        "ratio gate compares both in one benchmark"
+    )
 
 
 def test_a_failed_job_fails_the_promotion_saying_which(
@@ -329,32 +390,6 @@ def test_changed_bytes_are_refused_by_the_integrity_gate(
     assert _in_production(stores) is None
 
 
-def test_the_baseline_benchmark_reuses_a_record_measured_like_the_candidates(
-    stores: RegistryStores, tmp_path: Path
-) -> None:
-    _register(stores, tmp_path, 2)
-    runner = FakeRunner(p95={(1, "cpu"): 10.0, (2, "cpu"): 9.0}, reuse_baseline=True)
-    machine = _machine(stores, runner)
-    _promote(machine, 1)
-    _policy(stores, targets=[{"target": "cpu", "max_p95_ratio": 1.1}])
-
-    done = _promote(machine, 2)
-
-    assert done.state == PromotionState.applied
-    # The candidate's finished record is what the baseline must be measured like.
-    assert [r.record_id if r else None for r in runner.references] == [None, "bench-v2-cpu"]
-    [ratio] = [g for g in done.gate_results if g.gate == "max_p95_ratio"]
-    assert ratio.evidence["baseline"] == {
-        "version": 1,
-        "job_id": "job-earlier",
-        "mlflow_run_id": "run",
-        "record_id": "bench-v1-cpu",
-        "node_id": "node-1",
-        "reused": True,
-    }
-    assert (ratio.candidate, ratio.baseline) == (9.0, 10.0)
-
-
 # Long enough that A's steps, on a loaded 2-core machine, end well within A's lease.
 LEASE_S = 3.0
 
@@ -416,7 +451,7 @@ class DyingRunner(FakeRunner):
         policy: GatePolicy,
         promotion_id: str,
         job_id: str,
-        reference: EvidenceResult | None,
+        baseline: ModelVersion | None,
     ) -> EvidenceResult:
         super().start(
             need,
@@ -424,7 +459,7 @@ class DyingRunner(FakeRunner):
             policy=policy,
             promotion_id=promotion_id,
             job_id=job_id,
-            reference=reference,
+            baseline=baseline,
         )
         raise Crash
 
@@ -442,12 +477,9 @@ def test_a_replica_dying_mid_submission_leaves_the_job_ids_to_the_next(
     with pytest.raises(Crash):
         first.advance(promotion.id)
 
-    # Both job ids were on record before the first job was submitted.
+    # The job id was on record before the job was submitted (the benchmark waits for it).
     recorded = stores.promotions.get(promotion.id).evidence
-    assert [(e["kind"], e["state"]) for e in recorded] == [
-        ("evaluate", "submitting"),
-        ("benchmark", "submitting"),
-    ]
+    assert [(e["kind"], e["state"]) for e in recorded] == [("evaluate", "submitting")]
     assert dying.job_ids == [recorded[0]["job_id"]]
     time.sleep(0.7)
     taker = FakeRunner(ap={1: 0.4}, p95={(1, "cpu"): 20.0})
@@ -455,7 +487,8 @@ def test_a_replica_dying_mid_submission_leaves_the_job_ids_to_the_next(
 
     assert done.state == PromotionState.applied
     # The job A submitted is submitted again under its id (the runner adopts it), not anew.
-    assert taker.job_ids == [e["job_id"] for e in recorded]
+    assert taker.job_ids[0] == recorded[0]["job_id"]
+    assert [e["kind"] for e in done.evidence] == ["evaluate", "benchmark"]
     assert [e["job_id"] for e in done.evidence] == taker.job_ids
 
 
@@ -536,4 +569,7 @@ def test_stored_evidence_loads_into_typed_values() -> None:
     policy = GatePolicy.model_validate(
         {"eval": EVAL, "max_ap_drop": 0.1, "targets": [{"target": "cpu-1t", "max_p95_ratio": 2}]}
     )
-    assert plan(policy, None, results) == [EvidenceNeed("candidate", "benchmark", "cpu-1t")]
+    # One evaluation still runs: the benchmark waits for it (never on a node it shares).
+    assert plan(policy, None, results) == []
+    finished = [replace(r, state="done", ap=0.4) if r.state == "running" else r for r in results]
+    assert plan(policy, None, finished) == [EvidenceNeed("candidate", "benchmark", "cpu-1t")]

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -180,11 +181,16 @@ def test_ap_gate_refuses_a_worse_candidate_and_passes_the_reverse(
     assert _call(api, "GET", "/models/bad-first")["production_version"] == 2
 
 
-def test_latency_gates_on_the_cpu_target(cluster_api: ApiHarness, nano_checkpoint: Path) -> None:
+def test_paired_latency_gate_on_the_cpu_target(
+    cluster_api: ApiHarness, nano_checkpoint: Path, pseudo_labelled_dataset: Path
+) -> None:
+    """The same bytes as production pass a paired p95 gate; the same weights at 192 px (2.25x
+    the pixels of 128) are refused against 1.2. Candidate and production are timed in one job,
+    after the promotion's evaluations have ended, with 292 samples per arm (what p95 needs)."""
     api = cluster_api
     _call(api, "POST", "/hardware-targets", CPU_TARGET)
     _call(api, "POST", "/models", {"name": "lat"}, Role.operator)
-    for resolution in (128, 384):
+    for resolution in (128, 128, 192):
         _call(
             api,
             "POST",
@@ -192,34 +198,62 @@ def test_latency_gates_on_the_cpu_target(cluster_api: ApiHarness, nano_checkpoin
             {"checkpoint": str(nano_checkpoint), "model_size": "nano", "resolution": resolution},
             Role.operator,
         )
-    ratio_policy = {
-        "targets": [{"target": "cpu-1t", "max_p95_ratio": 2.0}],
-        "benchmark_runs": 15,
+    assert _promote(api, "lat", 1)["state"] == "applied"  # no policy yet
+    policy: dict[str, Any] = {
+        "eval": {"dataset": str(pseudo_labelled_dataset), "split": "valid"},
+        "max_ap_drop": 0.5,
+        "targets": [{"target": "cpu-1t", "max_p95_ratio": 1.5, "p95_sla_ms": 60000}],
         "benchmark_warmup": 3,
     }
-    _call(api, "PUT", "/models/lat/policy", ratio_policy)
-    small = _promote(api, "lat", 1)
-    assert small["state"] == "applied", small["message"]
-    assert _gate(small, "max_p95_ratio")["detail"] == "no production version to compare with"
+    _call(api, "PUT", "/models/lat/policy", policy)
 
-    large = _promote(api, "lat", 2)
-    assert large["state"] == "failed", large["message"]
-    gate = _gate(large, "max_p95_ratio")
-    assert gate["passed"] is False and gate["threshold"] == 2.0
-    assert gate["candidate"] / gate["baseline"] > 2.0
-    assert gate["baseline"] == pytest.approx(_gate(small, "max_p95_ratio")["candidate"])
-    assert gate["evidence"]["baseline"]["reused"] is True
+    same = _promote(api, "lat", 2)
+    assert same["state"] == "applied", same["message"]
+    gate = _gate(same, "max_p95_ratio")
+    paired = gate["evidence"]["paired"]
+    assert gate["evidence"]["verdict"] == "pass" and gate["passed"] is True
+    assert paired["arms"]["candidate"]["n"] == paired["arms"]["baseline"]["n"] >= 292
+    p95 = paired["ratio"]["p95"]
+    assert p95["low"] <= p95["ratio"] <= p95["high"] <= 1.5
+    assert (gate["candidate"], gate["baseline"]) == (
+        paired["arms"]["candidate"]["p95_ms"],
+        paired["arms"]["baseline"]["p95_ms"],
+    )
+    assert f"is within 1.50: p95 {gate['candidate']:.1f} ms vs production v1" in gate["detail"]
+    assert paired["node_load"]["cpu_count"] >= 1 and "loadavg_1m_start" in paired["node_load"]
+    assert _gate(same, "p95_sla")["candidate"] == gate["candidate"]
 
-    sla_policy = {**ratio_policy, "targets": [{"target": "cpu-1t", "p95_sla_ms": 1.0}]}
-    _call(api, "PUT", "/models/lat/policy", sla_policy)
-    sla = _promote(api, "lat", 2)
-    assert sla["state"] == "failed"
-    gate = _gate(sla, "p95_sla")
-    assert gate["passed"] is False and gate["candidate"] > 1.0
-    assert "exceeds the SLA 1.0 ms" in gate["detail"]
-    records = _call(api, "GET", "/benchmark-records?model_name=lat")
-    assert {r["model_version"] for r in records["items"]} == {1, 2}
-    assert _call(api, "GET", "/models/lat")["production_version"] == 1
+    # The benchmark started only after every evaluation of the promotion had ended.
+    jobs = {item["kind"]: [] for item in same["evidence"]}
+    for item in same["evidence"]:
+        if not item.get("reused"):
+            jobs[item["kind"]].append(_call(api, "GET", f"/jobs/{item['job_id']}"))
+    [benchmark] = jobs["benchmark"]
+    assert jobs["evaluate"], same["evidence"]
+    at = datetime.fromisoformat
+    for evaluation in jobs["evaluate"]:
+        assert at(evaluation["finished_at"]) <= at(benchmark["created_at"])
+    assert at(benchmark["created_at"]) <= at(benchmark["started_at"])
+    record = _call(api, "GET", "/benchmark-records?model_name=lat")["items"][0]
+    assert record["job_id"] == benchmark["id"] and record["paired"]["verdict"] == "pass"
+    assert (
+        len(record["paired"]["samples"]["baseline"]["model_ms"]) == paired["arms"]["baseline"]["n"]
+    )
+    measured_from = datetime.fromtimestamp(record["node_load"]["started_at"], UTC)
+    assert all(datetime.fromisoformat(e["finished_at"]) <= measured_from for e in jobs["evaluate"])
+
+    _call(api, "PUT", "/models/lat/policy", {**policy, "targets": [
+        {"target": "cpu-1t", "max_p95_ratio": 1.2}]})  # fmt: skip
+    slower = _promote(api, "lat", 3)
+    assert slower["state"] == "failed", slower["message"]
+    gate = _gate(slower, "max_p95_ratio")
+    assert gate["passed"] is False and gate["threshold"] == 1.2
+    assert gate["evidence"]["verdict"] in ("fail", "inconclusive"), gate["detail"]
+    p95 = gate["evidence"]["paired"]["ratio"]["p95"]
+    assert p95["high"] > 1.2 and gate["evidence"]["paired"]["ratio"]["p50"]["low"] > 1.2
+    assert gate["candidate"] > gate["baseline"]
+    assert slower["message"].startswith("refused: max_p95_ratio: ")
+    assert _call(api, "GET", "/models/lat")["production_version"] == 2
 
 
 # -- crash safety -------------------------------------------------------------------------------

@@ -233,3 +233,47 @@ def test_segmentation_defaults_are_valid_and_not_yet_trainable() -> None:
     assert not set(SEG_MODEL_SIZES) & set(MODEL_SIZES)
     err = _error(model_size="seg-nano")
     assert err.field == "model_size"
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "fragment"),
+    [
+        ({"max_ratio": 1.2}, "max_ratio", "a ratio needs a baseline"),
+        ({"max_rounds": 3}, "max_rounds", "only against a max_ratio"),
+        (
+            {"baseline": {"checkpoint": CHECKPOINT, "resolution": 100}},
+            "baseline.resolution",
+            "not divisible by 32",
+        ),
+        (
+            {"baseline": {"checkpoint": CHECKPOINT}, "batch_size": 4},
+            "batch_size",
+            "times batch size 1",
+        ),
+        ({"baseline": {"checkpoint": CHECKPOINT}, "confidence": 1.0}, "confidence", "0.999"),
+    ],
+)
+def test_paired_benchmark_options_name_the_field_to_fix(
+    extra: dict[str, Any], field: str, fragment: str
+) -> None:
+    body = {"checkpoint": CHECKPOINT, "target": "cpu-local", **extra}
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_spec(BenchmarkRequest, body)
+    assert caught.value.field == field
+    assert fragment in caught.value.message
+
+
+def test_a_paired_benchmark_request_is_accepted_with_its_baseline() -> None:
+    request = parse_spec(
+        BenchmarkRequest,
+        {
+            "checkpoint": CHECKPOINT,
+            "target": "cpu-local",
+            "baseline": {"checkpoint": CHECKPOINT, "resolution": 128, "model_version": 1},
+            "max_ratio": 1.2,
+            "max_rounds": 3,
+        },
+    )
+    assert request.baseline is not None
+    assert (request.baseline.resolution, request.baseline.model_size) == (128, "nano")
+    assert (request.max_ratio, request.max_rounds, request.confidence) == (1.2, 3, 0.95)

@@ -155,6 +155,49 @@ def test_add_refuses_invalid_fields(
     assert benchmark_store.list() == ([], 0)
 
 
+PAIRED = {
+    "arms": {"candidate": {"p95_ms": 51.5, "n": 292}, "baseline": {"p95_ms": 50.0, "n": 292}},
+    "ratio": {"p95": {"ratio": 1.03, "low": 0.97, "high": 1.09, "confidence": 0.95}},
+    "verdict": "pass",
+    "samples": {"orders": ["AB", "BA"], "candidate": {"model_ms": [50.1, 51.5]}},
+}
+NODE_LOAD = {"loadavg_1m_start": 1.5, "busiest_others": [{"name": "ray::evaluate_task"}]}
+
+
+def test_a_paired_record_keeps_both_arms_and_the_nodes_load(
+    benchmark_store: BenchmarkStore,
+) -> None:
+    record = benchmark_store.add(_fields(paired=PAIRED, node_load=NODE_LOAD))
+    assert benchmark_store.get(record.id).paired == PAIRED
+    assert benchmark_store.get(record.id).node_load == NODE_LOAD
+    single = benchmark_store.add(_fields("be-000000000002"))
+    assert (single.paired, single.node_load) == (None, None)
+    # Both survive a CSV export; an export from before the columns existed still reads.
+    rows = from_csv(to_csv([record, single]))
+    assert [BenchmarkRecord(**row) for row in rows] == [record, single]
+    table = list(csv.reader(io.StringIO(to_csv([single]))))
+    keep = [i for i, column in enumerate(table[0]) if column not in ("paired", "node_load")]
+    old = io.StringIO()
+    csv.writer(old).writerows([[line[i] for i in keep] for line in table])
+    assert [BenchmarkRecord(**row) for row in from_csv(old.getvalue())] == [single]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"paired": [1, 2]}, "paired must be a JSON object or null"),
+        ({"paired": {"ratio": float("nan")}}, "paired holds a non-finite number"),
+        ({"node_load": {"at": datetime(2025, 1, 1, tzinfo=UTC)}}, "node_load holds a datetime"),
+    ],
+)
+def test_paired_documents_must_be_finite_json(
+    benchmark_store: BenchmarkStore, overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidSpecError, match=message) as caught:
+        benchmark_store.add(_fields(**overrides))
+    assert caught.value.field == next(iter(overrides))
+
+
 def _history(store: BenchmarkStore) -> list[BenchmarkRecord]:
     """Six records an hour apart, oldest first, over two targets and two checkpoints."""
     specs = [

@@ -197,11 +197,40 @@ def promote(
         describe=_evidence_line,
     )
     for gate in promotion["gate_results"]:
-        mark = "PASS" if gate["passed"] else "FAIL"
+        verdict = gate.get("evidence", {}).get("verdict")
+        mark = str(verdict).upper() if verdict else ("PASS" if gate["passed"] else "FAIL")
         typer.echo(f"  [{mark}] {gate['gate']}: {gate['detail']}")
+        for line in _paired_lines(gate.get("evidence", {}).get("paired")):
+            typer.echo(f"      {line}")
     typer.echo(f"{promotion['state'].upper()}: {promotion['message']}")
     if promotion["state"] != "applied":
         raise typer.Exit(1)
+
+
+def _paired_lines(paired: dict[str, Any] | None) -> list[str]:
+    """A paired latency A/B's figures: each arm, the ratios with intervals, the node's load."""
+    if not paired:
+        return []
+    lines = []
+    for role, arm in paired["arms"].items():
+        lines.append(
+            f"{role:<9} p50 {arm['p50_ms']:.1f}  p95 {arm['p95_ms']:.1f}  p99 {arm['p99_ms']:.1f} "
+            f"ms  CV {arm['cv']:.0%}  n={arm['n']}"
+        )
+    for name, r in paired["ratio"].items():
+        lines.append(
+            f"{name} ratio {r['ratio']:.2f} [{r['low']:.2f}, {r['high']:.2f}] "
+            f"({r['confidence']:.0%} interval)"
+        )
+    load = paired.get("node_load")
+    if load:
+        others = ", ".join(f"{p['name']} {p['cpu_s']} s" for p in load["busiest_others"])
+        lines.append(
+            f"node load {load['loadavg_1m_start']} -> {load['loadavg_1m_end']} on "
+            f"{load['cpu_count']} CPUs; others used {load['other_cpu_share']:.0%} of the CPU"
+            + (f" ({others})" if others else "")
+        )
+    return lines
 
 
 def _evidence_line(promotion: dict[str, Any]) -> str:

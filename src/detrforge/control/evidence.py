@@ -1,10 +1,11 @@
 """The evidence runner promotions use: evaluate and benchmark jobs on the cluster.
 
-``JobEvidenceRunner`` answers an ``EvidenceNeed`` by reusing an earlier result when one measures
-exactly the same thing (an evaluation of the same bytes on the same pinned set; a baseline
-benchmark under the same pins as the candidate's), else by submitting the job; it reads a
-submitted job back once it ends. The promotion state machine (``promotion.py``) decides what it
-needs and what the figures mean.
+``JobEvidenceRunner`` answers an ``EvidenceNeed`` by reusing an earlier evaluation when one
+measured exactly the same thing (the same bytes on the same pinned set), else by submitting the
+job; it reads a submitted job back once it ends. Latency is never reused: a ratio gate's
+benchmark times the candidate and the production version together, paired in one job, with as
+many samples as the policy's p95 needs and more rounds while the interval is inconclusive. The
+promotion state machine (``promotion.py``) decides what it needs and what the figures mean.
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from detrforge.control.jobs import JobService
-from detrforge.control.promotion import (
+from detrforge.control.needs import (
     ClusterBusy,
     EvidenceFailed,
     EvidenceNeed,
     EvidenceResult,
 )
-from detrforge.detector.specs import BenchmarkRequest, EvaluateRequest, as_model_size
+from detrforge.detector.specs import (
+    BenchmarkRequest,
+    EvaluateRequest,
+    PairedBaseline,
+    as_model_size,
+)
 from detrforge.platform.errors import ClusterError, DetrforgeError
 from detrforge.platform.limits import MAX_PAGE_SIZE
 from detrforge.registry.benchmarks import BenchmarkStore
@@ -33,22 +39,7 @@ from detrforge.registry.entities import (
 )
 from detrforge.registry.gates import AP_METRIC, GatePolicy
 
-__all__ = ["ENV_PIN_KEYS", "JobEvidenceRunner"]
-
-# A baseline latency is reused only when it was measured under the same pins as the candidate's.
-ENV_PIN_KEYS = (
-    "detrforge",
-    "rfdetr",
-    "torch",
-    "torchvision",
-    "onnxruntime",
-    "python",
-    "cpu_model",
-    "gpu_name",
-    "driver",
-    "cuda",
-    "cudnn",
-)
+__all__ = ["JobEvidenceRunner"]
 
 
 @dataclass
@@ -66,7 +57,7 @@ class JobEvidenceRunner:
         policy: GatePolicy,
         promotion_id: str,
         job_id: str,
-        reference: EvidenceResult | None,
+        baseline: ModelVersion | None,
     ) -> EvidenceResult:
         """Reuse a result that already answers ``need``, or submit the job that will as
         ``job_id`` (adopting the job if it was submitted already, by a replica that died)."""
@@ -90,20 +81,22 @@ class JobEvidenceRunner:
                 job = self.jobs.submit_evaluation(evaluation, principal=actor, job_id=job_id)
             else:
                 assert need.target is not None
-                if need.role == "baseline" and reference is not None:
-                    record = self._reusable_benchmark(version, need.target, reference)
-                    if record is not None:
-                        return _p95_result(need, version.version, record, reused=True)
+                gate = policy.target(need.target)
+                paired = baseline is not None and gate.max_p95_ratio is not None
                 benchmark = BenchmarkRequest(
                     checkpoint=version.checkpoint_uri,
                     checkpoint_sha256=version.checkpoint_sha256,
                     model_size=as_model_size(version.model_size),
                     resolution=version.resolution,
                     target=need.target,
-                    runs=policy.benchmark_runs,
+                    runs=policy.runs_per_round,
                     warmup=policy.benchmark_warmup,
                     model_name=version.model_name,
                     model_version=version.version,
+                    baseline=_arm(baseline) if paired and baseline else None,
+                    max_ratio=gate.max_p95_ratio if paired else None,
+                    confidence=policy.latency_confidence,
+                    max_rounds=policy.latency_max_rounds if paired else 1,
                 )
                 job = self.jobs.submit_benchmark(benchmark, principal=actor, job_id=job_id)
         except ClusterError as exc:
@@ -173,31 +166,6 @@ class JobEvidenceRunner:
             if not page or offset >= total:
                 return
 
-    def _reusable_benchmark(
-        self, version: ModelVersion, target: str, reference: EvidenceResult
-    ) -> BenchmarkRecord | None:
-        """The newest record of ``version`` on ``target`` measured like ``reference``'s."""
-        if reference.record_id is None:
-            return None
-        measured = self.benchmarks.get(reference.record_id)
-        records, _ = self.benchmarks.list(
-            checkpoint_sha256=version.checkpoint_sha256, target=target, limit=100
-        )
-        for record in records:
-            same_run = (
-                record.backend == measured.backend
-                and record.precision == measured.precision
-                and record.resolution == version.resolution
-                and record.batch_size == measured.batch_size
-                and record.threads == measured.threads
-            )
-            pins = all(
-                record.environment.get(key) == measured.environment.get(key) for key in ENV_PIN_KEYS
-            )
-            if same_run and pins:
-                return record
-        return None
-
 
 def _ap_result(need: EvidenceNeed, version: int, job: Job, *, reused: bool) -> EvidenceResult:
     return EvidenceResult(
@@ -224,4 +192,24 @@ def _p95_result(
         mlflow_run_id=record.mlflow_run_id,
         node_id=record.node_id,
         reused=reused,
+        paired=_summary(record),
     )
+
+
+def _arm(version: ModelVersion) -> PairedBaseline:
+    return PairedBaseline(
+        checkpoint=version.checkpoint_uri,
+        checkpoint_sha256=version.checkpoint_sha256,
+        model_size=as_model_size(version.model_size),
+        resolution=version.resolution,
+        model_version=version.version,
+    )
+
+
+def _summary(record: BenchmarkRecord) -> dict[str, Any] | None:
+    """A paired record's figures without its raw samples (those stay in the history), with the
+    node's load while it measured."""
+    if record.paired is None:
+        return None
+    summary = {key: value for key, value in record.paired.items() if key != "samples"}
+    return {**summary, "node_load": record.node_load}

@@ -493,6 +493,8 @@ def measured_fields(out: dict[str, Any]) -> dict[str, Any]:
         "e2e_p99_ms": e2e["p99"],
         "images_per_s": out["images_per_s"],
         "environment": out["environment"],
+        "paired": out.get("paired"),  # absent from records of earlier versions
+        "node_load": out.get("node_load"),
     }
 
 

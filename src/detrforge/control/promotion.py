@@ -24,11 +24,21 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Protocol
 
 from detrforge.control.failpoints import failpoint
 from detrforge.control.integrity import integrity_gate
 from detrforge.control.leases import PromotionLeases
+from detrforge.control.needs import (
+    ClusterBusy,
+    EvidenceFailed,
+    EvidenceNeed,
+    EvidenceResult,
+    EvidenceRunner,
+    evidence_for,
+    find,
+    plan,
+)
 from detrforge.platform.errors import (
     ConflictError,
     DetrforgeError,
@@ -45,7 +55,7 @@ from detrforge.registry.entities import (
     Role,
     Stage,
 )
-from detrforge.registry.gates import Evidence, GatePolicy, check_gates
+from detrforge.registry.gates import GatePolicy, check_gates
 from detrforge.registry.jobs import new_job_id
 from detrforge.registry.promotions import PromotionStore
 
@@ -74,9 +84,6 @@ TRANSITIONS: Mapping[PromotionState, frozenset[PromotionState]] = {
     PromotionState.failed: frozenset(),
 }
 
-EvidenceRole = Literal["candidate", "baseline"]
-EvidenceKind = Literal["evaluate", "benchmark"]
-
 
 def check_transition(promotion: Promotion, to: PromotionState) -> None:
     """Raise ``ConflictError`` unless ``promotion`` may move to ``to``."""
@@ -86,191 +93,10 @@ def check_transition(promotion: Promotion, to: PromotionState) -> None:
         )
 
 
-# -- evidence: what the gates need, and what came back ---------------------------------------
-@dataclass(frozen=True, slots=True)
-class EvidenceNeed:
-    """One piece of evidence a gate reads: the ``kind`` of job, for whose version, on which
-    hardware ``target`` (benchmarks only)."""
-
-    role: EvidenceRole
-    kind: EvidenceKind
-    target: str | None = None
-
-    def describe(self, version: int) -> str:
-        """``evaluate of v2 (baseline)`` / ``benchmark of v3 (candidate, cpu-1t)``."""
-        where = f", {self.target}" if self.target else ""
-        return f"{self.kind} of v{version} ({self.role}{where})"
-
-
-@dataclass(frozen=True, slots=True)
-class EvidenceResult:
-    """Where a need stands: ``submitting`` (its job id recorded, the job maybe not submitted
-    yet), ``submitted`` (or the job's state, lowercased) with its job id, or ``done`` with the
-    figure (``ap`` or ``p95_ms``) and where it came from.
-
-    ``to_json``/``from_json`` keep the shape stored in the promotion's ``evidence`` column.
-    """
-
-    need: EvidenceNeed
-    version: int
-    state: str
-    job_id: str | None = None
-    ap: float | None = None
-    p95_ms: float | None = None
-    record_id: str | None = None
-    mlflow_run_id: str | None = None
-    node_id: str | None = None
-    reused: bool = False
-
-    @property
-    def done(self) -> bool:
-        return self.state == "done"
-
-    def to_json(self) -> dict[str, Any]:
-        item: dict[str, Any] = {"role": self.need.role, "kind": self.need.kind}
-        if self.need.target is not None:
-            item["target"] = self.need.target
-        item["version"] = self.version
-        item["job_id"] = self.job_id
-        item["state"] = self.state
-        if self.done and self.need.kind == "evaluate":
-            item.update(ap=self.ap, mlflow_run_id=self.mlflow_run_id)
-        elif self.done:
-            item.update(
-                record_id=self.record_id,
-                p95_ms=self.p95_ms,
-                mlflow_run_id=self.mlflow_run_id,
-                node_id=self.node_id,
-            )
-        if self.reused:
-            item["reused"] = True
-        return item
-
-    @classmethod
-    def from_json(cls, item: Mapping[str, Any]) -> EvidenceResult:
-        ap, p95 = item.get("ap"), item.get("p95_ms")
-        return cls(
-            need=EvidenceNeed(role=item["role"], kind=item["kind"], target=item.get("target")),
-            version=int(item["version"]),
-            state=str(item["state"]),
-            job_id=item.get("job_id"),
-            ap=float(ap) if ap is not None else None,
-            p95_ms=float(p95) if p95 is not None else None,
-            record_id=item.get("record_id"),
-            mlflow_run_id=item.get("mlflow_run_id"),
-            node_id=item.get("node_id"),
-            reused=bool(item.get("reused", False)),
-        )
-
-    def source(self) -> dict[str, Any]:
-        """What a gate result cites as its evidence (ids, never figures)."""
-        keys = ("version", "job_id", "mlflow_run_id", "record_id", "node_id", "reused")
-        item = self.to_json()
-        return {key: item[key] for key in keys if key in item}
-
-
-class ClusterBusy(Exception):
-    """The cluster could not take a job just now; the promotion retries on its next pass."""
-
-
-class EvidenceFailed(Exception):
-    """Evidence the gates need could not be gathered: the promotion fails with this message."""
-
-
-class EvidenceRunner(Protocol):
-    """Gathers evidence: ``control.evidence.JobEvidenceRunner`` runs evaluate/benchmark jobs."""
-
-    def start(
-        self,
-        need: EvidenceNeed,
-        version: ModelVersion,
-        *,
-        policy: GatePolicy,
-        promotion_id: str,
-        job_id: str,
-        reference: EvidenceResult | None,
-    ) -> EvidenceResult:
-        """Submit the job that answers ``need`` as ``job_id`` (``submitted``), or reuse a result
-        (``done``).
-
-        Idempotent on ``job_id``: a job already submitted under it is adopted, never submitted
-        again. ``reference`` is the candidate's finished result of the same kind and target,
-        for a baseline measured the same way.
-
-        Raises:
-            ClusterBusy: try again later.
-            EvidenceFailed: the evidence cannot be gathered.
-        """
-        ...
-
-    def read(self, result: EvidenceResult, *, policy: GatePolicy) -> EvidenceResult:
-        """The submitted ``result`` now: still running, or ``done`` with its figure.
-
-        Raises:
-            EvidenceFailed: its job failed, or its result cannot be used.
-        """
-        ...
-
-
 class StageMirror(Protocol):
     """Told after every finished promotion (``control.mirror.MlflowMirror`` in the API)."""
 
     def sync(self, name: str) -> bool: ...
-
-
-def find(
-    evidence: Sequence[EvidenceResult],
-    role: EvidenceRole,
-    kind: EvidenceKind,
-    target: str | None = None,
-) -> EvidenceResult | None:
-    wanted = EvidenceNeed(role, kind, target)
-    return next((item for item in evidence if item.need == wanted), None)
-
-
-def plan(
-    policy: GatePolicy, baseline: ModelVersion | None, evidence: Sequence[EvidenceResult]
-) -> list[EvidenceNeed]:
-    """The evidence the gates still need and that nobody has gathered yet.
-
-    A baseline benchmark is planned only once the candidate's is done: it is reused, or
-    measured, like the candidate's.
-    """
-    needs: list[EvidenceNeed] = []
-    if policy.needs_ap:
-        needs.append(EvidenceNeed("candidate", "evaluate"))
-        if baseline is not None and policy.max_ap_drop is not None:
-            needs.append(EvidenceNeed("baseline", "evaluate"))
-    for gate in policy.targets:
-        needs.append(EvidenceNeed("candidate", "benchmark", gate.target))
-        if baseline is not None and gate.max_p95_ratio is not None:
-            mine = find(evidence, "candidate", "benchmark", gate.target)
-            if mine is not None and mine.done:
-                needs.append(EvidenceNeed("baseline", "benchmark", gate.target))
-    gathered = {item.need for item in evidence}
-    return [need for need in needs if need not in gathered]
-
-
-def _evidence_for(
-    role: EvidenceRole, version: ModelVersion, items: Sequence[EvidenceResult]
-) -> Evidence:
-    ap_item = find(items, role, "evaluate")
-    benchmarks = [i for i in items if i.need.role == role and i.need.kind == "benchmark"]
-    return Evidence(
-        version=version.version,
-        ap=ap_item.ap if ap_item else None,
-        ap_evidence=ap_item.source() if ap_item else {},
-        p95_ms={
-            str(i.need.target): i.p95_ms if i.p95_ms is not None else float("nan")
-            for i in benchmarks
-        },
-        p95_evidence={str(i.need.target): i.source() for i in benchmarks},
-    )
-
-
-def _figure(value: float | None) -> float:
-    # A missing figure is NaN, which every gate fails (gates.py).
-    return float("nan") if value is None else value
 
 
 def verdict(
@@ -288,8 +114,8 @@ def verdict(
         integrity_gate(candidate),
         *check_gates(
             policy,
-            _evidence_for("candidate", candidate, evidence),
-            _evidence_for("baseline", baseline, evidence) if baseline else None,
+            evidence_for("candidate", candidate, evidence),
+            evidence_for("baseline", baseline, evidence) if baseline else None,
         ),
     ]
     passed = all(result.passed for result in results)
@@ -439,7 +265,7 @@ class PromotionService:
     ) -> bool:
         """Start what is missing and read what was submitted, into ``evidence`` (in place, so a
         failure keeps what was gathered); True once nothing is missing or running."""
-        for _ in range(2):  # a baseline benchmark is planned once the candidate's is known
+        for _ in range(2):  # benchmarks are planned once the evaluations are done
             missing = plan(policy, baseline, evidence)
             for need in missing:
                 # Its id is on record before the job exists: a taker resubmits under the same id.
@@ -454,7 +280,6 @@ class PromotionService:
                     continue
                 version = candidate if item.need.role == "candidate" else baseline
                 assert version is not None and item.job_id is not None
-                reference = find(evidence, "candidate", item.need.kind, item.need.target)
                 try:
                     evidence[i] = self.runner.start(
                         item.need,
@@ -462,7 +287,7 @@ class PromotionService:
                         policy=policy,
                         promotion_id=promotion.id,
                         job_id=item.job_id,
-                        reference=reference if reference and reference.done else None,
+                        baseline=baseline,
                     )
                 except ClusterBusy:
                     # The refused id is spent (its job row says "never started"): a new one.

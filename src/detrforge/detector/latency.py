@@ -27,7 +27,15 @@ from PIL import Image
 from detrforge.detector.predictor import Predictor
 from detrforge.platform.errors import InvalidSpecError
 
-__all__ = ["LatencyReport", "LatencyStats", "encode_images", "measure_latency"]
+__all__ = [
+    "LatencyReport",
+    "LatencyStats",
+    "check_counts",
+    "encode_images",
+    "make_report",
+    "measure_latency",
+    "time_batch",
+]
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,26 @@ def measure_latency(
     """
     if not images:
         raise InvalidSpecError("measure_latency needs at least one image", field="images")
+    check_counts(warmup=warmup, runs=runs, batch_size=batch_size)
+    if not math.isfinite(inter_run_sleep_ms) or inter_run_sleep_ms < 0:
+        raise InvalidSpecError(
+            f"inter_run_sleep_ms must be >= 0, got {inter_run_sleep_ms}", field="inter_run_sleep_ms"
+        )
+    encoded = encode_images(images, image_format)
+    model_ms: list[float] = []
+    e2e_ms: list[float] = []
+    for run in range(warmup + runs):
+        model, e2e = time_batch(predictor, encoded, run * batch_size, batch_size)
+        if run >= warmup:
+            model_ms.append(model)
+            e2e_ms.append(e2e)
+        if inter_run_sleep_ms:
+            time.sleep(inter_run_sleep_ms / 1000.0)
+    return make_report(predictor, model_ms, e2e_ms, batch_size=batch_size, warmup=warmup, runs=runs)
+
+
+def check_counts(*, warmup: int, runs: int, batch_size: int) -> None:
+    """Raise ``InvalidSpecError`` naming the count that is out of range."""
     for name, value, minimum in (
         ("warmup", warmup, 0),
         ("runs", runs, 1),
@@ -152,36 +180,42 @@ def measure_latency(
     ):
         if value < minimum:
             raise InvalidSpecError(f"{name} must be >= {minimum}, got {value}", field=name)
-    if not math.isfinite(inter_run_sleep_ms) or inter_run_sleep_ms < 0:
-        raise InvalidSpecError(
-            f"inter_run_sleep_ms must be >= 0, got {inter_run_sleep_ms}", field="inter_run_sleep_ms"
-        )
-    encoded = encode_images(images, image_format)
+
+
+def time_batch(
+    predictor: Predictor[Any], encoded: Sequence[bytes], start: int, batch_size: int
+) -> tuple[float, float]:
+    """One timed run of ``batch_size`` images from ``encoded[start:]`` (cycling): its model-only
+    and end-to-end milliseconds."""
     clock = time.perf_counter_ns
-    model_ms: list[float] = []
-    e2e_ms: list[float] = []
-    for run in range(warmup + runs):
-        start = run * batch_size
-        batch_bytes = [encoded[(start + j) % len(encoded)] for j in range(batch_size)]
-        predictor.synchronize()
-        t0 = clock()
-        decoded = [_decode(data) for data in batch_bytes]
-        batch = predictor.preprocess(decoded)
-        predictor.synchronize()
-        t1 = clock()
-        raw = predictor.forward(batch)
-        predictor.synchronize()
-        t2 = clock()
-        detections = predictor.postprocess(raw, [(im.height, im.width) for im in decoded])
-        predictor.synchronize()
-        t3 = clock()
-        if len(detections) != batch_size:
-            raise RuntimeError(f"{type(predictor).__name__} returned {len(detections)} results")
-        if run >= warmup:
-            model_ms.append((t2 - t1) / 1e6)
-            e2e_ms.append((t3 - t0) / 1e6)
-        if inter_run_sleep_ms:
-            time.sleep(inter_run_sleep_ms / 1000.0)
+    batch_bytes = [encoded[(start + j) % len(encoded)] for j in range(batch_size)]
+    predictor.synchronize()
+    t0 = clock()
+    decoded = [_decode(data) for data in batch_bytes]
+    batch = predictor.preprocess(decoded)
+    predictor.synchronize()
+    t1 = clock()
+    raw = predictor.forward(batch)
+    predictor.synchronize()
+    t2 = clock()
+    detections = predictor.postprocess(raw, [(im.height, im.width) for im in decoded])
+    predictor.synchronize()
+    t3 = clock()
+    if len(detections) != batch_size:
+        raise RuntimeError(f"{type(predictor).__name__} returned {len(detections)} results")
+    return (t2 - t1) / 1e6, (t3 - t0) / 1e6
+
+
+def make_report(
+    predictor: Predictor[Any],
+    model_ms: list[float],
+    e2e_ms: list[float],
+    *,
+    batch_size: int,
+    warmup: int,
+    runs: int,
+) -> LatencyReport:
+    """The report of one predictor's timed runs."""
     end_to_end = LatencyStats.from_samples(e2e_ms)
     return LatencyReport(
         model_only=LatencyStats.from_samples(model_ms),

@@ -14,6 +14,7 @@ from detrforge.platform.limits import MAX_INT, MAX_RESOURCE_AMOUNT, Name, Uri
 __all__ = [
     "MAX_SEED",
     "MODEL_SIZES",
+    "PairedBaseline",
     "RESOURCE_AMOUNTS_SCHEMA",
     "SEG_MODEL_SIZES",
     "Backend",
@@ -252,7 +253,9 @@ def parse_spec(cls: type[SpecT], data: Any) -> SpecT:
             ctx_err = (err.get("ctx") or {}).get("error")
             field = ".".join(str(p) for p in err["loc"]) or None
             if isinstance(ctx_err, SpecFieldError):
-                field, message = ctx_err.field, ctx_err.message
+                # A nested model's error is located under its parent (``baseline.resolution``).
+                field = ".".join([*(str(p) for p in err["loc"]), ctx_err.field])
+                message = ctx_err.message
             else:
                 message = str(ctx_err) if ctx_err is not None else err["msg"]
                 message = message.removeprefix("Value error, ")
@@ -337,10 +340,32 @@ class EvaluateRequest(CheckpointChoice, _EvaluateFields):
     """What ``POST /evaluations`` accepts; the control layer turns it into an EvaluateSpec."""
 
 
+class PairedBaseline(_CheckpointSpec):
+    """The baseline arm of a paired benchmark: timed in the same process as the candidate."""
+
+    model_version: int | None = Field(default=None, ge=1, le=MAX_INT)
+
+
 class _BenchmarkFields(FrozenSpec):
     target: Name
     warmup: int = Field(default=5, ge=0, le=10_000)
-    runs: int = Field(default=50, ge=1, le=100_000)
+    runs: int = Field(
+        default=50, ge=1, le=100_000, description="Timed runs (per arm and round when paired)."
+    )
+    baseline: PairedBaseline | None = Field(
+        default=None,
+        description="Time this checkpoint too, interleaved with the candidate in one process "
+        "(a paired A/B), and report the p50/p95/p99 ratios with confidence intervals.",
+    )
+    max_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        le=1000,
+        description="With a baseline: the p95 ratio limit the verdict is taken against; an "
+        "inconclusive interval measures another round, up to max_rounds.",
+    )
+    confidence: float = Field(default=0.95, ge=0.5, le=0.999)
+    max_rounds: int = Field(default=1, ge=1, le=10)
     inter_run_sleep_ms: float = Field(default=0.0, ge=0, le=60_000)
     dataset: Uri | None = Field(
         default=None, description="Images to time (its split); default: synthetic images."
@@ -349,6 +374,20 @@ class _BenchmarkFields(FrozenSpec):
     evaluate: bool = Field(default=False, description="Also measure AP on the split (A/B).")
     model_name: Name | None = Field(default=None, description="Registry model, for the history.")
     model_version: int | None = Field(default=None, ge=1, le=MAX_INT)
+
+    @model_validator(mode="after")
+    def _paired_options(self) -> _BenchmarkFields:
+        if self.max_ratio is not None and self.baseline is None:
+            raise SpecFieldError(
+                "max_ratio", "max_ratio: a ratio needs a baseline; set baseline.checkpoint"
+            )
+        if self.max_rounds > 1 and self.max_ratio is None:
+            raise SpecFieldError(
+                "max_rounds", "max_rounds: more rounds are taken only against a max_ratio; set it"
+            )
+        if self.baseline is not None and getattr(self, "batch_size", 1) not in (None, 1):
+            raise SpecFieldError("batch_size", "batch_size: a paired benchmark times batch size 1")
+        return self
 
 
 class BenchmarkSpec(_CheckpointSpec, _BenchmarkFields):

@@ -9,6 +9,7 @@ the API appends one row to the benchmark history.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import tempfile
@@ -57,8 +58,10 @@ def benchmark_task(spec_data: dict[str, Any], artifact_root: str, job_id: str) -
     from detrforge.detector.data import fingerprint_dataset
     from detrforge.detector.inference import evaluate_checkpoint
     from detrforge.detector.latency import measure_latency
+    from detrforge.detector.paired_latency import measure_paired
     from detrforge.platform.blobs import sha256_file
     from detrforge.platform.environment import capture_environment
+    from detrforge.platform.node_load import LoadWatch
     from detrforge.platform.storage import fetch_local, open_store
 
     spec = BenchmarkSpec.model_validate(spec_data)
@@ -75,14 +78,43 @@ def benchmark_task(spec_data: dict[str, Any], artifact_root: str, job_id: str) -
             )
             export = {"uri": stored.uri, "sha256": stored.sha256, "size": stored.size}
         images = bench_images(dataset, spec.split, spec.resolution)
-        report = measure_latency(
-            predictor,
-            images,
-            warmup=spec.warmup,
-            runs=spec.runs,
-            batch_size=spec.batch_size,
-            inter_run_sleep_ms=spec.inter_run_sleep_ms,
-        )
+        paired = None
+        watch = LoadWatch()
+        if spec.baseline is not None:
+            arm = spec.baseline
+            baseline_spec = spec.model_copy(
+                update={
+                    "checkpoint": arm.checkpoint,
+                    "model_size": arm.model_size,
+                    "resolution": arm.resolution,
+                }
+            )
+            baseline_checkpoint = local_checkpoint(arm.checkpoint, arm.checkpoint_sha256, cache)
+            baseline, _ = make_predictor(baseline_spec, baseline_checkpoint, workdir=Path(tmp))
+            watch.start()
+            paired = measure_paired(
+                predictor,
+                baseline,
+                images,
+                warmup=spec.warmup,
+                runs=spec.runs,
+                seed=_pair_seed(job_id),
+                max_ratio=spec.max_ratio,
+                confidence=spec.confidence,
+                max_rounds=spec.max_rounds,
+            )
+            report = paired.candidate
+        else:
+            watch.start()
+            report = measure_latency(
+                predictor,
+                images,
+                warmup=spec.warmup,
+                runs=spec.runs,
+                batch_size=spec.batch_size,
+                inter_run_sleep_ms=spec.inter_run_sleep_ms,
+            )
+        node_load = watch.stop()
         fingerprint = fingerprint_dataset(dataset, splits=(spec.split,)) if dataset else None
         ap = None
         if spec.evaluate and dataset is not None:
@@ -107,7 +139,16 @@ def benchmark_task(spec_data: dict[str, Any], artifact_root: str, job_id: str) -
         "dataset_fingerprint": fingerprint,
         "export": export,
         "ap": ap,
+        "node_load": node_load,
+        # With both arms' raw samples: the history keeps them (the gate reads the summary).
+        "paired": None if paired is None else {**paired.summary(), "samples": paired.samples()},
     }
+
+
+def _pair_seed(job_id: str) -> int:
+    """The AB/BA order's seed: fixed per job (a rerun of the job repeats it), different across
+    jobs."""
+    return int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16)
 
 
 def submit_benchmark_task(spec: BenchmarkSpec, artifact_root: str, job_id: str) -> Any:
@@ -130,14 +171,20 @@ def log_benchmark_result(
     metrics = {f"latency_ms/{k}": float(e2e[k]) for k in ("p50", "p95", "p99", "mean", "std")}
     metrics.update({f"model_ms/{k}": float(model[k]) for k in ("p50", "p95", "p99", "mean")})
     metrics["throughput/img_s"] = float(out["images_per_s"])
+    if out.get("paired"):
+        for name, interval in out["paired"]["ratio"].items():
+            metrics[f"paired/{name}_ratio"] = float(interval["ratio"])
+            metrics[f"paired/{name}_ratio_low"] = float(interval["low"])
+            metrics[f"paired/{name}_ratio_high"] = float(interval["high"])
     if out["ap"]:
         metrics.update({k: v for k, v in out["ap"].items() if v is not None})
     tracker.log_metrics(run_id, metrics, step=0)
     with tempfile.TemporaryDirectory() as tmp:
         samples = Path(tmp) / "samples.json"
-        samples.write_text(
-            json.dumps({"model_ms": out["samples_model_ms"], "e2e_ms": out["samples_e2e_ms"]})
-        )
+        raw = {"model_ms": out["samples_model_ms"], "e2e_ms": out["samples_e2e_ms"]}
+        if out.get("paired"):
+            raw["paired"] = out["paired"]["samples"]  # both arms, in measurement order
+        samples.write_text(json.dumps(raw))
         record = Path(tmp) / "record.json"
         record.write_text(json.dumps({k: v for k, v in out.items() if not k.startswith("samples")}))
         tracker.log_artifact(run_id, samples, "benchmark")

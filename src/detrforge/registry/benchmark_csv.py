@@ -36,6 +36,7 @@ from detrforge.platform.environment import ENVIRONMENT_KEYS
 from detrforge.platform.errors import InvalidSpecError
 from detrforge.registry.benchmark_fields import (
     BENCHMARK_CSV_COLUMNS,
+    DOCUMENT_FIELDS,
     FLOAT_FIELDS,
     INT_FIELDS,
     OPTIONAL_FIELDS,
@@ -121,7 +122,7 @@ def from_csv(text: str) -> list[dict[str, Any]]:
         if header.count(column) > 1:
             raise InvalidSpecError(f"benchmark CSV column {column!r} repeats", field=column)
     for column in BENCHMARK_CSV_COLUMNS:
-        if column not in header:
+        if column not in header and column not in DOCUMENT_FIELDS:
             raise InvalidSpecError(f"benchmark CSV lacks column {column!r}", field=column)
     records = []
     for line, cells in enumerate(reader, start=2):
@@ -132,7 +133,7 @@ def from_csv(text: str) -> list[dict[str, Any]]:
                 f"benchmark CSV row {line} has {len(cells)} cells, the header {len(header)}",
                 field="csv",
             )
-        record: dict[str, Any] = {"environment": {}}
+        record: dict[str, Any] = {"environment": {}, **dict.fromkeys(DOCUMENT_FIELDS)}
         for column, cell in zip(header, cells, strict=True):
             env_key = _env_key(column)
             if env_key:
@@ -173,11 +174,11 @@ def _parse_cell(column: str, cell: str) -> Any:
         if at.tzinfo is None:
             raise ValueError(f"{cell!r} has no UTC offset")
         return at.astimezone(UTC)
-    if column == "target_resources":
-        resources = json.loads(cell)
-        if not isinstance(resources, dict):
-            raise ValueError(f"{cell!r} is not a JSON object")
-        return resources
+    if column == "target_resources" or column in DOCUMENT_FIELDS:
+        document = json.loads(cell)
+        if not isinstance(document, dict):
+            raise ValueError(f"{cell[:80]!r} is not a JSON object")
+        return document
     if column in INT_FIELDS:
         return int(cell)
     if column in FLOAT_FIELDS:

@@ -13,6 +13,7 @@ from detrforge.registry.targets import check_resources
 
 __all__ = [
     "BENCHMARK_CSV_COLUMNS",
+    "DOCUMENT_FIELDS",
     "FLOAT_FIELDS",
     "INT_FIELDS",
     "OPTIONAL_FIELDS",
@@ -45,6 +46,9 @@ _REQUIRED_MS = ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "ma
 _OPTIONAL_MS = ("e2e_p50_ms", "e2e_p95_ms", "e2e_p99_ms")
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
+# Nested JSON documents (a CSV cell holds each as JSON; exports from before them lack the column):
+# ``paired``, a paired A/B's arms, ratios and samples; ``node_load``, the node's load meanwhile.
+DOCUMENT_FIELDS = ("paired", "node_load")
 BENCHMARK_CSV_COLUMNS: tuple[str, ...] = (
     "id",
     "job_id",
@@ -78,10 +82,16 @@ BENCHMARK_CSV_COLUMNS: tuple[str, ...] = (
     "images_per_s",
     "mlflow_run_id",
     "dataset_fingerprint",
+    *DOCUMENT_FIELDS,
 )
 # Fields a new record may give: every field but the id, which the store assigns.
 _ADDABLE_FIELDS = frozenset(BENCHMARK_CSV_COLUMNS) - {"id"} | {"environment"}
-OPTIONAL_FIELDS = frozenset(_OPTIONAL_TEXT) | frozenset(_OPTIONAL_INT) | set(_OPTIONAL_MS)
+OPTIONAL_FIELDS = (
+    frozenset(_OPTIONAL_TEXT)
+    | frozenset(_OPTIONAL_INT)
+    | set(_OPTIONAL_MS)
+    | set(DOCUMENT_FIELDS)
+)
 # Fields by the type a CSV cell reads back as.
 INT_FIELDS = frozenset(_REQUIRED_INT) | frozenset(_OPTIONAL_INT)
 FLOAT_FIELDS = frozenset((*_REQUIRED_MS, *_OPTIONAL_MS, "images_per_s"))
@@ -165,6 +175,11 @@ def check_record(fields: Mapping[str, Any]) -> dict[str, Any]:
         fields["target_resources"], field="target_resources"
     )
     values["environment"] = _check_environment(fields.get("environment", {}))
+    for name in DOCUMENT_FIELDS:
+        document = fields.get(name)
+        if document is not None and not isinstance(document, Mapping):
+            raise InvalidSpecError(f"{name} must be a JSON object or null", field=name)
+        values[name] = None if document is None else _finite_json(dict(document), name)
     created_at = fields.get("created_at")
     values["created_at"] = utcnow() if created_at is None else aware_utc(created_at, "created_at")
     return values
@@ -190,3 +205,16 @@ def _check_environment(value: object) -> dict[str, Any]:
             )
         checked[key] = item
     return checked
+
+
+def _finite_json(value: Any, field: str) -> Any:
+    """``value`` as stored JSON; a NaN or infinity anywhere in it is refused, naming ``field``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidSpecError(f"{field} holds a non-finite number", field=field)
+    if isinstance(value, Mapping):
+        return {str(k): _finite_json(v, field) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_json(v, field) for v in value]
+    if not isinstance(value, _JSON_SCALARS):
+        raise InvalidSpecError(f"{field} holds a {type(value).__name__}, not JSON", field=field)
+    return value

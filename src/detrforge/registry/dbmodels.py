@@ -209,6 +209,8 @@ class SqlBenchmarkRecord(Base):
     environment: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
     dataset_fingerprint: Mapped[str | None] = mapped_column(String(128))
+    paired: Mapped[dict[str, Any] | None] = mapped_column(JSON_TYPE)
+    node_load: Mapped[dict[str, Any] | None] = mapped_column(JSON_TYPE)
 
     def to_entity(self) -> BenchmarkRecord:
         return BenchmarkRecord(
@@ -245,6 +247,8 @@ class SqlBenchmarkRecord(Base):
             environment=dict(self.environment or {}),
             mlflow_run_id=self.mlflow_run_id,
             dataset_fingerprint=self.dataset_fingerprint,
+            paired=self.paired,
+            node_load=self.node_load,
         )
 
 

@@ -227,6 +227,11 @@ class BenchmarkRecord:
     environment: dict[str, Any]
     mlflow_run_id: str | None
     dataset_fingerprint: str | None
+    # A paired A/B (``jobs.benchmark`` with a baseline): both arms' figures and raw samples, the
+    # p50/p95/p99 ratios with their intervals, the rounds taken and the verdict. None: one arm.
+    paired: dict[str, Any] | None = None
+    # The node's load average and busiest other processes during the measurement.
+    node_load: dict[str, Any] | None = None
 
 
 class Stage(StrEnum):

@@ -14,6 +14,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 from detrforge.platform.limits import Name, Uri
+from detrforge.platform.paired_stats import (
+    DEFAULT_CONFIDENCE,
+    Verdict,
+    ratio_verdict,
+    samples_for_percentile,
+)
 from detrforge.registry.entities import GateResult
 
 __all__ = [
@@ -71,8 +77,27 @@ class GatePolicy(_Frozen):
     ap_floor: float | None = Field(default=None, ge=0, le=1)
     max_ap_drop: float | None = Field(default=None, ge=0, le=1)
     targets: list[TargetGate] = Field(default_factory=list, max_length=64)
-    benchmark_runs: int = Field(default=30, ge=1, le=10_000)
+    benchmark_runs: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Timed runs per arm and round; default: what a p95 needs at "
+        "latency_confidence (292 at 95%, see platform/paired_stats.py).",
+    )
     benchmark_warmup: int = Field(default=5, ge=0, le=10_000)
+    latency_confidence: float = Field(
+        default=DEFAULT_CONFIDENCE,
+        ge=0.5,
+        le=0.999,
+        description="Confidence of the p95 ratio's bootstrap interval.",
+    )
+    latency_max_rounds: int = Field(
+        default=3,
+        ge=1,
+        le=10,
+        description="Rounds of benchmark_runs a ratio gate may take before an interval that "
+        "still straddles the limit fails the promotion as inconclusive.",
+    )
 
     @model_validator(mode="after")
     def _eval_set_for_ap(self) -> GatePolicy:
@@ -91,6 +116,17 @@ class GatePolicy(_Frozen):
     def is_empty(self) -> bool:
         return not self.needs_ap and not self.targets
 
+    @property
+    def runs_per_round(self) -> int:
+        """Timed runs per arm and round: ``benchmark_runs``, or what p95 needs."""
+        if self.benchmark_runs is not None:
+            return self.benchmark_runs
+        return samples_for_percentile(95, self.latency_confidence)
+
+    def target(self, name: str) -> TargetGate:
+        """The gate on target ``name``."""
+        return next(gate for gate in self.targets if gate.target == name)
+
 
 @dataclass(frozen=True)
 class Evidence:
@@ -101,6 +137,8 @@ class Evidence:
     ap_evidence: dict[str, Any] = field(default_factory=dict)
     p95_ms: dict[str, float] = field(default_factory=dict)
     p95_evidence: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per target: the paired A/B against production (jobs.benchmark's summary), if measured.
+    p95_paired: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def check_gates(
@@ -206,26 +244,61 @@ def _p95_ratio(
             detail="no production version to compare with",
             evidence=evidence,
         )
-    base = _required(baseline.p95_ms.get(target), f"production p95 on {target}")
-    evidence["baseline"] = baseline.p95_evidence.get(target, {})
-    ratio = p95 / base if base > 0 else float("inf")
-    passed = ratio <= max_ratio
-    verdict = "within" if passed else f"over by {ratio - max_ratio:.2f}x; the limit is"
-    detail = (
-        f"p95 on {target} {p95:.1f} ms vs production v{baseline.version} {base:.1f} ms: "
-        f"ratio {ratio:.2f}, {verdict} {max_ratio:.2f}"
-    )
+    paired = candidate.p95_paired.get(target)
+    if paired is None:
+        return GateResult(
+            gate="max_p95_ratio",
+            target=target,
+            metric=P95_METRIC,
+            candidate=p95,
+            baseline=None,
+            threshold=max_ratio,
+            passed=False,
+            detail=f"no paired measurement of v{candidate.version} against production "
+            f"v{baseline.version} on {target}: a ratio gate compares both in one benchmark",
+            evidence=evidence,
+        )
+    outcome, detail = _describe_pair(target, max_ratio, baseline.version, paired)
+    arms = paired["arms"]
     return GateResult(
         gate="max_p95_ratio",
         target=target,
         metric=P95_METRIC,
-        candidate=p95,
-        baseline=base,
+        candidate=float(arms["candidate"]["p95_ms"]),
+        baseline=float(arms["baseline"]["p95_ms"]),
         threshold=max_ratio,
-        passed=passed,
+        passed=outcome == "pass",
         detail=detail,
-        evidence=evidence,
+        evidence={**evidence, "verdict": outcome, "paired": paired},
     )
+
+
+def _describe_pair(
+    target: str, max_ratio: float, baseline_version: int, paired: dict[str, Any]
+) -> tuple[Verdict, str]:
+    """The verdict on the p95 ratio's interval, and the sentence with every figure behind it."""
+    p95 = paired["ratio"]["p95"]
+    ratio, low, high = float(p95["ratio"]), float(p95["low"]), float(p95["high"])
+    outcome = ratio_verdict(low, high, max_ratio)
+    arms = paired["arms"]
+    cand, base = arms["candidate"], arms["baseline"]
+    cv = max(float(cand["cv"]), float(base["cv"]))
+    interval = f"{ratio:.2f} [{low:.2f}, {high:.2f}]"
+    figures = (
+        f"p95 {float(cand['p95_ms']):.1f} ms vs production v{baseline_version} "
+        f"{float(base['p95_ms']):.1f} ms, {int(cand['n'])} samples per arm, "
+        f"{float(p95['confidence']):.0%} interval, noise CV {cv:.0%}"
+    )
+    if outcome == "pass":
+        detail = f"p95 ratio on {target} {interval} is within {max_ratio:.2f}: {figures}"
+    elif outcome == "fail":
+        detail = f"p95 ratio on {target} {interval} is above {max_ratio:.2f}: {figures}"
+    else:
+        detail = (
+            f"inconclusive: p95 ratio {interval} straddles {max_ratio:.2f}; noise CV {cv:.0%} "
+            f"({target}: {figures})"
+        )
+    return outcome, detail
 
 
 def _p95_sla(target: str, sla_ms: float, candidate: Evidence) -> GateResult:

@@ -33,14 +33,15 @@ export function policyWords(policy) {
 
 // pass / fail / inconclusive: the gate's own word when it gives one, else from `passed`.
 export function outcome(gate) {
-  const given = gate.outcome || gate.verdict;
+  const given = gate.outcome || gate.verdict || (gate.evidence && gate.evidence.verdict);
   if (given) return String(given).toLowerCase();
   return gate.passed ? "pass" : "fail";
 }
 
 // A confidence interval in whatever shape a gate gives it: [lo, hi], {low, high}, {lo, hi}.
 export function interval(gate) {
-  const value = gate.interval ?? gate.ci ?? (gate.evidence && gate.evidence.interval);
+  const paired = gate.evidence && gate.evidence.paired;
+  const value = gate.interval ?? gate.ci ?? (gate.evidence && gate.evidence.interval) ?? (paired && paired.ratio && paired.ratio.p95);
   if (value === null || value === undefined) return null;
   let lo;
   let hi;
@@ -50,7 +51,8 @@ export function interval(gate) {
     hi = value.high ?? value.hi ?? value.upper;
   }
   if (typeof lo !== "number" || typeof hi !== "number") return String(JSON.stringify(value));
-  const level = typeof value === "object" && !Array.isArray(value) && value.level ? ` (${Math.round(value.level * 100)}%)` : "";
+  const confidence = typeof value === "object" && !Array.isArray(value) ? value.level ?? value.confidence : null;
+  const level = confidence ? ` (${Math.round(confidence * 100)}%)` : "";
   return `[${lo.toFixed(3)}, ${hi.toFixed(3)}]${level}`;
 }
 
@@ -59,7 +61,30 @@ export function interval(gate) {
 const CORE = new Set(["gate", "target", "metric", "candidate", "baseline", "threshold", "passed", "detail", "evidence", "outcome", "verdict", "interval", "ci"]);
 
 export function extraFigures(gate) {
-  return Object.entries(gate).filter(([name, value]) => !CORE.has(name) && value !== null && value !== undefined);
+  const out = Object.entries(gate).filter(([name, value]) => !CORE.has(name) && value !== null && value !== undefined);
+  return out.concat(pairedFigures(gate.evidence && gate.evidence.paired));
+}
+
+// A paired latency A/B (both arms timed in one process on the target): each arm's percentiles,
+// the ratios with their intervals, the samples, the noise and the node's load while it measured.
+function pairedFigures(paired) {
+  if (!paired || !paired.arms) return [];
+  const ms = (v) => (typeof v === "number" ? v.toFixed(1) : "—");
+  const arm = (a) => `${ms(a.p50_ms)} / ${ms(a.p95_ms)} / ${ms(a.p99_ms)} ms, CV ${Math.round((a.cv || 0) * 100)}%`;
+  const ratio = (r) => (r ? `${r.ratio.toFixed(2)} [${r.low.toFixed(2)}, ${r.high.toFixed(2)}]` : "—");
+  const out = [
+    ["candidate p50 / p95 / p99", arm(paired.arms.candidate)],
+    ["baseline p50 / p95 / p99", arm(paired.arms.baseline)],
+    ["p50 ratio", ratio(paired.ratio && paired.ratio.p50)],
+    ["p95 ratio", ratio(paired.ratio && paired.ratio.p95)],
+    ["samples per arm", `${paired.arms.candidate.n} in ${(paired.rounds || []).length} round(s), blocks of ${paired.block}`],
+  ];
+  const load = paired.node_load;
+  if (load) {
+    const others = (load.busiest_others || []).map((p) => `${p.name} ${p.cpu_s} s`).join(", ");
+    out.push(["node load", `load average ${load.loadavg_1m_start} → ${load.loadavg_1m_end} on ${load.cpu_count} CPUs; others used ${Math.round((load.other_cpu_share || 0) * 100)}% of the CPU${others ? ` (${others})` : ""}`]);
+  }
+  return out;
 }
 
 // "epoch 3/10 · step 24/80 · loss 9.527 · ETA 2 min 5 s" with a progress bar.
