@@ -87,10 +87,7 @@ BENCHMARK_CSV_COLUMNS: tuple[str, ...] = (
 # Fields a new record may give: every field but the id, which the store assigns.
 _ADDABLE_FIELDS = frozenset(BENCHMARK_CSV_COLUMNS) - {"id"} | {"environment"}
 OPTIONAL_FIELDS = (
-    frozenset(_OPTIONAL_TEXT)
-    | frozenset(_OPTIONAL_INT)
-    | set(_OPTIONAL_MS)
-    | set(DOCUMENT_FIELDS)
+    frozenset(_OPTIONAL_TEXT) | frozenset(_OPTIONAL_INT) | set(_OPTIONAL_MS) | set(DOCUMENT_FIELDS)
 )
 # Fields by the type a CSV cell reads back as.
 INT_FIELDS = frozenset(_REQUIRED_INT) | frozenset(_OPTIONAL_INT)
