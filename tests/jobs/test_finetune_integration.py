@@ -202,6 +202,10 @@ def test_finetune_with_s3_artifacts(
         _check_finished_job(api, job, tmp_path, workers=1, epochs=1)
         assert job["model_uri"].startswith(f"{s3_bucket}/detrforge/jobs/")
         assert job["checkpoint_uri"].startswith(f"{s3_bucket}/detrforge/ray/{job['id']}/")
+        # The local dataset was staged into the store and the job trained from that copy.
+        params = _tracker(api).client.get_run(job["mlflow_run_id"]).data.params
+        assert job["spec"]["dataset"] == synth_ds.root
+        assert params["dataset"] == f"{s3_bucket}/detrforge/datasets/{synth_ds.fingerprint}"
         from detrforge.platform.storage import open_store
 
         store = open_store(settings.resolved_artifact_root())

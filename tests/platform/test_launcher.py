@@ -1,11 +1,17 @@
-"""Cluster capacity checks of the launcher: pure functions over node resource totals."""
+"""The launcher: cluster capacity checks (pure functions over node resource totals), the
+entrypoint and environment every job is sent, and the version check a job makes first."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from detrforge.platform.errors import ResourceUnavailableError
-from detrforge.platform.launcher import require_capacity
+from detrforge import __version__
+from detrforge.jobs.driver import check_api_version
+from detrforge.platform.errors import ClusterError, ResourceUnavailableError
+from detrforge.platform.launcher import API_VERSION_ENV, Launcher, require_capacity
+from detrforge.platform.settings import Settings
 
 NODES = [{"CPU": 2.0, "memory": 8e9}, {"CPU": 1.0, "GPU": 1.0, "memory": 4e9}]
 
@@ -47,3 +53,38 @@ def test_no_alive_nodes() -> None:
     with pytest.raises(ResourceUnavailableError) as caught:
         require_capacity([], {"CPU": 1.0}, 1)
     assert caught.value.field == "resources_per_worker"
+
+
+def test_the_entrypoint_names_python_as_the_node_resolves_it() -> None:
+    launcher = Launcher("http://127.0.0.1:8265", env={"HF_HUB_OFFLINE": "1"})
+    entrypoint = launcher.entrypoint("detrforge.jobs.evaluate", ["--spec", '{"a": "b c"}'])
+    assert entrypoint == 'python -m detrforge.jobs.evaluate --spec \'{"a": "b c"}\''
+    assert sys.executable not in entrypoint
+    # Every job carries the API's version, which the job checks first.
+    assert launcher.env == {"HF_HUB_OFFLINE": "1", API_VERSION_ENV: __version__}
+
+
+def test_a_configured_job_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DETRFORGE_JOB_PYTHON", "/opt/detrforge/bin/python")
+    launcher = Launcher("http://127.0.0.1:8265", python=Settings().job_python)
+    assert launcher.entrypoint("detrforge.jobs.sweep", []) == (
+        "/opt/detrforge/bin/python -m detrforge.jobs.sweep"
+    )
+
+
+def test_the_job_python_defaults_to_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DETRFORGE_JOB_PYTHON", raising=False)
+    assert Settings().job_python == "python"
+
+
+@pytest.mark.parametrize(("api", "fails"), [(__version__, False), ("9.9.9", True), (None, False)])
+def test_a_job_checks_the_api_version_first(api: str | None, fails: bool) -> None:
+    if not fails:
+        check_api_version(api)
+        return
+    with pytest.raises(ClusterError) as caught:
+        check_api_version(api)
+    assert caught.value.message == (
+        f"detrforge {__version__} on this node, the API is 9.9.9: install the same version on "
+        "the cluster's image"
+    )

@@ -66,15 +66,21 @@ _FORWARDED_ENV = (
 
 
 def job_env(settings: Settings) -> dict[str, str]:
-    """The environment of every job: resolved settings, so the cluster sees what the API sees."""
+    """The environment of every job: resolved settings, so the cluster sees what the API sees.
+
+    The API's home is a path of this machine: it goes to jobs only with a ``file://`` artifact
+    root, which already means the API and every node share a filesystem.
+    """
+    artifact_root = settings.resolved_artifact_root()
     env = {
-        "DETRFORGE_HOME": str(settings.resolved_home()),
-        "DETRFORGE_ARTIFACT_ROOT": settings.resolved_artifact_root(),
+        "DETRFORGE_ARTIFACT_ROOT": artifact_root,
         "MLFLOW_TRACKING_URI": settings.resolved_tracking_uri(),
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
     }
+    if artifact_root.startswith("file:"):
+        env["DETRFORGE_HOME"] = str(settings.resolved_home())
     if not settings.ray_address:
         env.update(ray_client_env())
     # Entry points may read the process environment (STYLE.md); library code does not.
@@ -89,7 +95,9 @@ def build_services(settings: Settings) -> Services:
     engine = make_engine(url)
     sessions = make_session_factory(engine)
     artifact_root = settings.resolved_artifact_root()
-    launcher = Launcher(settings.resolved_ray_address(), env=job_env(settings))
+    launcher = Launcher(
+        settings.resolved_ray_address(), env=job_env(settings), python=settings.job_python
+    )
     targets = TargetStore(sessions)
     benchmarks = BenchmarkStore(sessions)
     tracker = Tracker(settings.resolved_tracking_uri(), artifact_root=artifact_root)

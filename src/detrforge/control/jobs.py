@@ -15,7 +15,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from detrforge.detector.data import DatasetInfo, require_valid_dataset
+from detrforge.control.intake import Intake
+from detrforge.detector.data import DatasetInfo
 from detrforge.detector.specs import (
     BenchmarkRequest,
     BenchmarkSpec,
@@ -37,7 +38,7 @@ from detrforge.platform.launcher import Launcher, require_capacity, require_reso
 from detrforge.platform.limits import DEFAULT_MAX_ANNOTATION_BYTES
 from detrforge.platform.scratch import Housekeeping
 from detrforge.platform.sources import SourcePolicy
-from detrforge.platform.storage import fetch_local, open_store
+from detrforge.platform.storage import open_store
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 from detrforge.registry.benchmarks import BenchmarkStore
@@ -106,7 +107,16 @@ class JobService:
     # Removes finished jobs' scratch folders and prunes the download cache, from reconcile_all.
     housekeeping: Housekeeping | None = None
 
+    # Admits what requests name, and names datasets as the cluster reaches them (``intake.py``).
+    intake: Intake = field(init=False)
+
     def __post_init__(self) -> None:
+        self.intake = Intake(
+            sources=self.sources,
+            artifact_root=self.artifact_root,
+            cache_dir=self.cache_dir / "datasets",
+            max_annotation_bytes=self.max_annotation_bytes,
+        )
         self.on_succeeded("benchmark", self.record_benchmark)
 
     def on_succeeded(self, kind: str, hook: Callable[[Job, str | None], None]) -> None:
@@ -115,33 +125,12 @@ class JobService:
 
     # -- intake + submit ----------------------------------------------------------------------
     def intake_dataset(self, uri: str, *, field: str = "dataset") -> DatasetInfo:
-        """Bring the dataset here (s3:// is downloaded) and validate it; raises on any problem.
-
-        Raises:
-            InvalidSpecError: the source policy refuses ``uri``, or nothing is there.
-            InvalidDatasetError: the dataset is malformed.
-        """
-        source = self.sources.check(uri, field=field)
-        try:
-            local = fetch_local(source, self.cache_dir / "datasets")
-        except NotFoundError:
-            raise InvalidSpecError(f"{field}: {uri} does not exist", field=field) from None
-        return require_valid_dataset(Path(local), max_annotation_bytes=self.max_annotation_bytes)
+        """The validated dataset at ``uri`` (see :meth:`Intake.dataset`)."""
+        return self.intake.dataset(uri, field=field)
 
     def require_file(self, uri: str, *, field: str) -> str:
-        """``uri`` admitted by the source policy and naming an existing file; its canonical form.
-
-        Raises:
-            InvalidSpecError: refused by the policy, or nothing is there.
-        """
-        source = self.sources.check(uri, field=field)
-        if source.startswith("s3://"):
-            found = open_store(source).exists(source)
-        else:
-            found = Path(source).is_file()
-        if not found:
-            raise InvalidSpecError(f"{field}: {uri} does not exist or is not a file", field=field)
-        return source
+        """The canonical form of the existing file ``uri`` (see :meth:`Intake.file`)."""
+        return self.intake.file(uri, field=field)
 
     def submit_finetune(self, spec: FinetuneSpec, *, principal: Principal) -> Job:
         """Check the weights, capacity and dataset, record the job, then submit it to Ray."""
@@ -149,7 +138,7 @@ class JobService:
             self.require_file(spec.pretrain_weights, field="pretrain_weights")
         self._check_capacity(spec)
         info = self.intake_dataset(spec.dataset)
-        return self.submit("finetune", spec, principal=principal, fingerprint=info.fingerprint)
+        return self.submit("finetune", spec, principal=principal, dataset=info)
 
     def _check_capacity(self, spec: FinetuneSpec) -> None:
         """Refuse a fine-tune whose workers cannot all be placed on the cluster now."""
@@ -169,10 +158,20 @@ class JobService:
         spec: Any,
         *,
         principal: Principal,
-        fingerprint: str | None,
+        dataset: DatasetInfo | None,
         job_id: str = "",
     ) -> Job:
-        """Record the job, then submit it, once under a ``job_id`` the caller recorded first."""
+        """Record the job, then submit it, once under a ``job_id`` the caller recorded first.
+
+        ``dataset``: ``spec.dataset`` validated. The job row keeps the spec as asked; the job is
+        sent it with the dataset where the cluster reaches it (staged first, ``intake.py``).
+        """
+        sent = spec
+        if dataset is not None:
+            sent = spec.model_copy(
+                update={"dataset": self.intake.for_cluster(spec.dataset, dataset)}
+            )
+        fingerprint = dataset.fingerprint if dataset is not None else None
         job = self.job_store.create(
             kind=kind,
             spec=spec.model_dump(mode="json"),
@@ -182,7 +181,7 @@ class JobService:
         )
         if job.ray_submission_id or job.is_terminal:
             return job  # under a job_id on record: submitted already, or refused for good
-        args = ["--job-id", job.id, "--spec", spec.model_dump_json()]
+        args = ["--job-id", job.id, "--spec", sent.model_dump_json()]
         args += ["--dataset-fingerprint", fingerprint or ""]
         try:
             submission_id = self.launcher.submit(
@@ -244,9 +243,7 @@ class JobService:
         spec = parse_spec(EvaluateSpec, {**options, **self.weights(request)})
         self._check_checkpoint(spec.checkpoint, spec.checkpoint_sha256)
         info = self.intake_dataset(spec.dataset)
-        return self.submit(
-            "evaluate", spec, principal=principal, fingerprint=info.fingerprint, job_id=job_id
-        )
+        return self.submit("evaluate", spec, principal=principal, dataset=info, job_id=job_id)
 
     def submit_benchmark(
         self, request: BenchmarkRequest, *, principal: Principal, job_id: str = ""
@@ -279,10 +276,8 @@ class JobService:
             what=f"hardware target {target.name!r}",
             field="target",
         )
-        fingerprint = self.intake_dataset(spec.dataset).fingerprint if spec.dataset else None
-        return self.submit(
-            "benchmark", spec, principal=principal, fingerprint=fingerprint, job_id=job_id
-        )
+        dataset = self.intake_dataset(spec.dataset) if spec.dataset else None
+        return self.submit("benchmark", spec, principal=principal, dataset=dataset, job_id=job_id)
 
     def _check_checkpoint(self, uri: str, sha256: str | None) -> None:
         self.require_file(uri, field="checkpoint")

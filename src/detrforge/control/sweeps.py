@@ -83,7 +83,7 @@ class SweepService:
             field="target",
         )
         info = self.jobs.intake_dataset(spec.dataset)
-        return self.jobs.submit("sweep", spec, principal=principal, fingerprint=info.fingerprint)
+        return self.jobs.submit("sweep", spec, principal=principal, dataset=info)
 
     # -- read -----------------------------------------------------------------------------
     def get(self, job_id: str) -> Job:

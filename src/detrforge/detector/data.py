@@ -20,6 +20,7 @@ from detrforge.platform.limits import DEFAULT_MAX_ANNOTATION_BYTES
 __all__ = [
     "DatasetInfo",
     "category_id_of",
+    "dataset_files",
     "fingerprint_dataset",
     "require_valid_dataset",
     "rfdetr_categories",
@@ -145,25 +146,32 @@ def fingerprint_dataset(root: Path, *, splits: Sequence[str] = SPLITS) -> str:
             details=[problem],
         )
     digest = hashlib.sha256(_FINGERPRINT_VERSION)
+    for relative, path in dataset_files(root, splits=splits):
+        if path.name == ANNOTATION_FILE:
+            file_digest = _annotation_digest(path)
+        else:
+            with path.open("rb") as handle:
+                file_digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        digest.update(f"{relative}\0{file_digest}\n".encode())
+    return digest.hexdigest()
+
+
+def dataset_files(root: Path, *, splits: Sequence[str] = SPLITS) -> list[tuple[str, Path]]:
+    """``(path relative to root, path)`` of every file the fingerprint covers, in its order:
+    the files under each split's folder, less hidden ones (.DS_Store, editor swap files)."""
+    root = Path(root)
+    files: list[tuple[str, Path]] = []
     for split in splits:
         split_dir = root / split
         if not split_dir.is_dir():
             continue
-        # Hidden files (.DS_Store, editor swap files) are not part of the dataset.
-        files = sorted(
+        files += sorted(
             (path.relative_to(root).as_posix(), path)
             for path in split_dir.rglob("*")
             if path.is_file()
             and not any(part.startswith(".") for part in path.relative_to(root).parts)
         )
-        for relative, path in files:
-            if path.name == ANNOTATION_FILE:
-                file_digest = _annotation_digest(path)
-            else:
-                with path.open("rb") as handle:
-                    file_digest = hashlib.file_digest(handle, "sha256").hexdigest()
-            digest.update(f"{relative}\0{file_digest}\n".encode())
-    return digest.hexdigest()
+    return files
 
 
 def _annotation_digest(path: Path) -> str:

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from detrforge import __version__
 from detrforge.platform.cluster import wait_for_port
-from detrforge.platform.errors import DetrforgeError
-from detrforge.platform.launcher import require_resources
+from detrforge.platform.errors import ClusterError, DetrforgeError
+from detrforge.platform.launcher import API_VERSION_ENV, require_resources
 from detrforge.platform.scratch import job_scratch_dir
 from detrforge.platform.settings import Settings
 from detrforge.platform.tags import Tag
@@ -22,6 +23,7 @@ from detrforge.platform.tracking import Tracker
 
 __all__ = [
     "JobContext",
+    "check_api_version",
     "check_resources",
     "exit_when_cluster_gone",
     "ray_storage_path",
@@ -65,6 +67,23 @@ def check_resources(wanted: dict[str, float], *, what: str, field: str) -> None:
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
     require_resources([n.get("Resources", {}) for n in nodes], wanted, what=what, field=field)
+
+
+def check_api_version(api_version: str | None, node_version: str = __version__) -> None:
+    """Raise unless the API that sent this job runs the detrforge this node runs.
+
+    The API and the cluster's image are installed apart; jobs of another version read specs and
+    write results the API may misread, so they stop before doing anything. A job without the
+    API's version (started by hand) is not checked.
+
+    Raises:
+        ClusterError: the versions differ.
+    """
+    if api_version and api_version != node_version:
+        raise ClusterError(
+            f"detrforge {node_version} on this node, the API is {api_version}: install the same "
+            "version on the cluster's image"
+        )
 
 
 def exit_when_cluster_gone(gcs_address: str, *, every_s: float = 5.0, misses: int = 3) -> None:
@@ -120,6 +139,7 @@ def run_driver(
     )
     print(f"detrforge: job {args.job_id} MLflow run {ctx.run_id}", flush=True)
     try:
+        check_api_version(os.environ.get(API_VERSION_ENV))
         ray.init(log_to_driver=True)
         exit_when_cluster_gone(ray.get_runtime_context().gcs_address)
         tags = body(ctx)

@@ -9,6 +9,7 @@ own, so a process-group signal alone misses them).
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ __all__ = [
     "check_temp_dir",
     "log_tail",
     "pin_cluster_address",
+    "python_shim",
     "ray_client_env",
     "stop_process_tree",
     "wait_for_port",
@@ -71,6 +73,24 @@ def pin_cluster_address(address: str, temp_dir: Path) -> None:
     from ray._private.utils import write_ray_address
 
     write_ray_address(address, str(temp_dir))
+
+
+def python_shim(bin_dir: Path) -> Path:
+    """Write ``bin_dir/python``, a script that runs this interpreter; returns ``bin_dir``.
+
+    Jobs start as ``python -m detrforge.jobs.X``, resolved on the PATH of the node that runs
+    them. The embedded head shares this venv, whose ``bin`` need not be on anyone's PATH (a venv
+    never activated, a pyenv shim first): the head puts this folder first on its own PATH, so
+    its jobs run this interpreter, and the jobs' entrypoint still names no path of this machine.
+    A script rather than a symlink: a symlinked venv interpreter does not find its venv.
+    """
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    shim = bin_dir / "python"
+    tmp = bin_dir / f".python.{os.getpid()}"
+    tmp.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    tmp.chmod(0o755)
+    os.replace(tmp, shim)
+    return bin_dir
 
 
 def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
@@ -159,7 +179,8 @@ class LocalRayHead:
     """A single-node Ray head in a child process (``detrforge.platform.ray_head``).
 
     Every file of the head lives under ``temp_dir``: Ray's session folders, its
-    ``ray_current_cluster`` file and ``ray-head.log`` (this process's output).
+    ``ray_current_cluster`` file, ``ray-head.log`` (this process's output) and ``bin/python``
+    (:func:`python_shim`: the ``python`` its jobs start with).
     """
 
     temp_dir: Path
@@ -211,6 +232,8 @@ class LocalRayHead:
         # Its own address: with several Ray clusters on one host, processes the head starts must
         # not guess "the latest cluster" (Ray Train's PlacementGroupCleaner did).
         env["RAY_ADDRESS"] = self.address
+        shims = python_shim(self.temp_dir / "bin")
+        env["PATH"] = os.pathsep.join(p for p in (str(shims), env.get("PATH", "")) if p)
         try:
             self.process = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -1,21 +1,36 @@
 """The launcher: submits job entrypoints to Ray through the Jobs API (``JobSubmissionClient``).
 
 Ray's Jobs API runs arbitrary code for anyone who reaches it, so only the control API talks to it
-and users never do. An entrypoint is a module name run with this venv's own interpreter.
+and users never do. An entrypoint is ``python -m <module>``, where ``python`` is resolved on the
+node that runs the job (or a configured interpreter, ``DETRFORGE_JOB_PYTHON``): the API's own
+interpreter path means nothing on a KubeRay pod or another host. Each job carries the API's
+detrforge version (:data:`API_VERSION_ENV`), which the job checks against its own first.
 """
 
 from __future__ import annotations
 
 import shlex
-import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from detrforge import __version__
 from detrforge.platform.errors import ClusterError, NotFoundError, ResourceUnavailableError
 
-__all__ = ["JobStatus", "Launcher", "require_capacity", "require_resources"]
+__all__ = [
+    "API_VERSION_ENV",
+    "DEFAULT_JOB_PYTHON",
+    "JobStatus",
+    "Launcher",
+    "require_capacity",
+    "require_resources",
+]
+
+# The runtime-env variable that carries the API's detrforge version to every job.
+API_VERSION_ENV = "DETRFORGE_API_VERSION"
+# The interpreter a job starts with unless configured: whichever ``python`` the node's PATH has.
+DEFAULT_JOB_PYTHON = "python"
 
 
 def require_resources(
@@ -74,21 +89,33 @@ class JobStatus:
 
 
 class Launcher:
-    """Submits ``python -m <module> <args>`` jobs to one Ray cluster and follows them."""
+    """Submits ``python -m <module> <args>`` jobs to one Ray cluster and follows them.
+
+    Args:
+        address: the cluster's Jobs API (dashboard) URL.
+        env: the jobs' environment variables (their Ray runtime env).
+        python: the interpreter on the cluster's nodes, a command name or a path there.
+        api_version: the detrforge version jobs must run (:data:`API_VERSION_ENV`).
+    """
 
     def __init__(
         self,
         address: str,
         *,
         env: dict[str, str] | None = None,
-        python: str | None = None,
+        python: str = DEFAULT_JOB_PYTHON,
+        api_version: str = __version__,
         agent_wait_s: float = 60.0,
     ) -> None:
         self.address = address
         self.agent_wait_s = agent_wait_s
-        self.env = dict(env or {})
-        self.python = python or sys.executable
+        self.env = {**(env or {}), API_VERSION_ENV: api_version}
+        self.python = python
         self._client: Any = None
+
+    def entrypoint(self, module: str, args: Sequence[str]) -> str:
+        """The shell command Ray runs for ``module``: nothing in it names the API's machine."""
+        return shlex.join([self.python, "-m", module, *args])
 
     @property
     def client(self) -> Any:
@@ -119,7 +146,7 @@ class Launcher:
         job's id that comes back, and nothing new starts; so too when Ray took the job but its
         answer was lost.
         """
-        entrypoint = shlex.join([self.python, "-m", module, *args])
+        entrypoint = self.entrypoint(module, args)
         deadline = time.monotonic() + self.agent_wait_s
         while True:
             try:

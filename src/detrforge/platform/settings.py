@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from detrforge.platform.launcher import DEFAULT_JOB_PYTHON
 from detrforge.platform.limits import DEFAULT_MAX_ANNOTATION_BYTES, DEFAULT_MAX_REQUEST_BYTES
 
 __all__ = ["Settings"]
@@ -37,6 +38,9 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         default=None, validation_alias=AliasChoices("RAY_ADDRESS", "DETRFORGE_RAY_ADDRESS")
     )
+    # The interpreter jobs start with on the cluster's nodes (``<job_python> -m detrforge.jobs.X``):
+    # a command resolved on the node's PATH, or a path on the node (e.g. /opt/venv/bin/python).
+    job_python: str = Field(default=DEFAULT_JOB_PYTHON, min_length=1)
     # Ports of the embedded Ray head; never 6379, which Redis often holds.
     ray_gcs_port: int = 6390
     ray_dashboard_port: int = 8275
