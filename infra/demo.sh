@@ -64,7 +64,7 @@ echo "== registry: model $MODEL, CPU target, gate policy (AP drop <= 0.02, p95 r
   "$DF" bench targets create cpu-local --resources '{"CPU": 1}' --num-threads 1 \
     --description "this machine, 1 thread"
 "$DF" policy set "$MODEL" --eval-dataset "$DATA" --max-ap-drop 0.02 \
-  --target cpu-local:ratio=1.5 --benchmark-runs 20 --reason "demo policy"
+  --target cpu-local:ratio=1.5 --reason "demo policy"
 "$DF" versions register "$MODEL" --job "$JOB_A" --description "short training"
 "$DF" versions register "$MODEL" --job "$JOB_B" --description "longer training"
 

@@ -140,14 +140,25 @@ def policy_set(
     ap_floor: float | None = None,
     max_ap_drop: float | None = None,
     target: Annotated[list[str] | None, typer.Option(help="TARGET[:ratio=R][:sla=MS]")] = None,
-    benchmark_runs: int = 30,
+    benchmark_runs: Annotated[
+        int | None,
+        typer.Option(help="Timed runs per arm and round (default: what p95 needs, 292)."),
+    ] = None,
+    latency_max_rounds: Annotated[
+        int, typer.Option(help="Rounds a ratio gate may take while inconclusive.")
+    ] = 3,
     reason: str = "",
 ) -> None:
     """Set a model's gate policy from a file or from options."""
     if file is not None:
         body = json.loads(file.read_text())
     else:
-        body = {"ap_floor": ap_floor, "max_ap_drop": max_ap_drop, "benchmark_runs": benchmark_runs}
+        body = {
+            "ap_floor": ap_floor,
+            "max_ap_drop": max_ap_drop,
+            "benchmark_runs": benchmark_runs,
+            "latency_max_rounds": latency_max_rounds,
+        }
         if eval_dataset:
             body["eval"] = {"dataset": _absolute(eval_dataset), "split": eval_split}
         body["targets"] = [_target_gate(spec) for spec in target or []]
