@@ -51,9 +51,9 @@ CONFORMANCE = [
     negative_data_rejection,
 ]
 # Per operation: inputs the schema allows, then inputs it forbids (which must be a declared 4xx).
-EXAMPLES = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 10}
+EXAMPLES = {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 8}
 SEEDED_EXAMPLES = 4
-MIN_CASES = 1000
+MIN_CASES = 800
 
 
 def _checks(response: Any) -> list[Any]:

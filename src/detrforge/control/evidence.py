@@ -139,12 +139,15 @@ class JobEvidenceRunner:
         )
 
     def _reusable_evaluation(self, version: ModelVersion, policy: GatePolicy) -> Job | None:
-        """A finished evaluation of the same bytes on the same pinned set, if any."""
+        """A finished evaluation of the same bytes, size and resolution on the same pinned set."""
         assert policy.eval is not None
         for job in self._succeeded("evaluate"):
             spec: dict[str, Any] = job.spec
             if (
                 spec.get("checkpoint_sha256") == version.checkpoint_sha256
+                # The same bytes at another resolution are another model: their AP differs.
+                and spec.get("resolution") == version.resolution
+                and spec.get("model_size") == version.model_size
                 and spec.get("dataset") == policy.eval.dataset
                 and spec.get("split") == policy.eval.split
                 and spec.get("backend") == policy.eval.backend
