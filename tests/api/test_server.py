@@ -240,6 +240,40 @@ def test_a_job_without_a_model_is_refused_wherever_a_job_id_names_weights(
         assert (error["field"], error["message"]) == ("job_id", refusal + ending), path
 
 
+def test_a_paired_benchmark_checks_its_baseline_like_its_candidate(
+    offline_api: ApiHarness, nano_checkpoint: Path
+) -> None:
+    headers = offline_api.headers()
+    target = {"name": "offline-cpu", "resources": {"CPU": 1}}
+    assert offline_api.client.post("/api/v1/hardware-targets", json=target, headers=headers)
+    body = {
+        "checkpoint": str(nano_checkpoint),
+        "resolution": 128,
+        "target": "offline-cpu",
+        "max_ratio": 1.2,
+    }
+    cases = [
+        ({}, "max_ratio", "max_ratio: a ratio needs a baseline; set baseline.checkpoint"),
+        (
+            {"baseline": {"checkpoint": str(nano_checkpoint), "resolution": 100}},
+            "baseline.resolution",
+            "use 96 or 128",
+        ),
+        (
+            {"baseline": {"checkpoint": str(nano_checkpoint.with_name("missing.pth"))}},
+            "baseline.checkpoint",
+            "missing.pth",
+        ),
+    ]
+    for extra, field, fragment in cases:
+        response = offline_api.client.post(
+            "/api/v1/benchmarks", json={**body, **extra}, headers=headers
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["field"] == field
+        assert fragment in response.json()["message"]
+
+
 # -- the CLI: an id on stdout, a non-zero exit unless SUCCEEDED ---------------------------------
 @pytest.fixture
 def cli_on(offline_api: ApiHarness, monkeypatch: pytest.MonkeyPatch) -> ApiHarness:

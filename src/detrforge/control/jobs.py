@@ -268,6 +268,9 @@ class JobService:
                 f"precision {spec.precision} is not measured yet; use fp32", field="precision"
             )
         self._check_checkpoint(spec.checkpoint, spec.checkpoint_sha256)
+        if spec.baseline is not None:
+            arm = spec.baseline
+            self._check_checkpoint(arm.checkpoint, arm.checkpoint_sha256, at="baseline.")
         if spec.dataset:  # refused sources answer before the cluster is asked anything
             self.sources.check(spec.dataset, field="dataset")
         require_resources(
@@ -279,14 +282,14 @@ class JobService:
         dataset = self.intake_dataset(spec.dataset) if spec.dataset else None
         return self.submit("benchmark", spec, principal=principal, dataset=dataset, job_id=job_id)
 
-    def _check_checkpoint(self, uri: str, sha256: str | None) -> None:
-        self.require_file(uri, field="checkpoint")
+    def _check_checkpoint(self, uri: str, sha256: str | None, *, at: str = "") -> None:
+        self.require_file(uri, field=f"{at}checkpoint")
         registered = blob_sha256(uri)
         if registered is not None and sha256 not in (None, registered):
             raise InvalidSpecError(
-                "checkpoint_sha256: it differs from the sha256 of the registered checkpoint named "
-                "by checkpoint; leave it out to use the registered bytes",
-                field="checkpoint_sha256",
+                f"{at}checkpoint_sha256: it differs from the sha256 of the registered checkpoint "
+                f"named by {at}checkpoint; leave it out to use the registered bytes",
+                field=f"{at}checkpoint_sha256",
             )
 
     # -- cancel ---------------------------------------------------------------------------------
