@@ -37,6 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from latency import save_checkpoint  # noqa: E402  (bench/latency.py, this script's neighbour)
 from PIL import Image  # noqa: E402
 
 from detrforge.detector.model import build_detector  # noqa: E402
@@ -82,18 +83,7 @@ class BackgroundLoad:
 
 def _checkpoint(path: Path) -> Path:
     torch.manual_seed(0)
-    detector = build_detector("nano", num_classes=2, resolution=BASE_RESOLUTION)
-    config = detector.model_config.model_dump()
-    torch.save(
-        {
-            "model": detector.model.model.state_dict(),
-            "args": {k: config[k] for k in ("num_classes", "num_queries", "group_detr")},
-            "model_name": type(detector).__name__,
-            "model_config": config,
-        },
-        path,
-    )
-    return path
+    return save_checkpoint(build_detector("nano", num_classes=2, resolution=BASE_RESOLUTION), path)
 
 
 def _images() -> list[Image.Image]:
