@@ -89,6 +89,6 @@ echo "== audit trail of $MODEL"
 echo "== benchmark history (cpu-local)"
 "$DF" bench history --target cpu-local --limit 10
 echo "== MLflow UI: $VENV/bin/mlflow ui --backend-store-uri sqlite:///$DETRFORGE_HOME/mlflow.db"
-echo "   (registered model $MODEL carries the aliases 'production' and 'staging')"
+echo "   (registered model $MODEL carries the alias 'production', and 'staging' once a version is there)"
 echo "== detrforge serve keeps running for you to explore; stop it (and its Ray head) with:"
 echo "   $DF stop"

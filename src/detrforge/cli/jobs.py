@@ -303,11 +303,19 @@ def bench_history(
         typer.echo(out, nl=False)
         return
     for r in out["items"]:
-        typer.echo(
+        line = (
             f"{r['created_at'][:19]} {r['target']:<12} {r['backend']:<11} "
             f"{r['resolution']:>4}px p50 {r['p50_ms']:.1f} p95 {r['p95_ms']:.1f} ms "
             f"torch {r['environment'].get('torch')} sha {r['checkpoint_sha256'][:12]}"
         )
+        if paired := r.get("paired"):
+            # Figures of one paired run compare with each other, not with other rows' figures.
+            base, p95 = paired["arms"]["baseline"], paired["ratio"]["p95"]
+            line += (
+                f" | paired with {base['p95_ms']:.1f} ms: p95 ratio {p95['ratio']:.2f} "
+                f"[{p95['low']:.2f}, {p95['high']:.2f}]"
+            )
+        typer.echo(line)
 
 
 @targets_app.command("create")

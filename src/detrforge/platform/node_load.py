@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -27,8 +28,14 @@ def _cpu_times(skip: set[int]) -> dict[int, tuple[str, float]]:
         if info["pid"] in skip or info["cpu_times"] is None:
             continue
         cmdline = info["cmdline"] or []
-        # Ray names its worker processes after the task they run (``ray::benchmark_task``).
-        name = cmdline[0] if cmdline and cmdline[0].startswith("ray::") else info["name"]
+        # Ray names its worker processes after the task they run (``ray::benchmark_task``); a
+        # bare interpreter is named by what it runs (``python -m detrforge.jobs.evaluate``).
+        name = info["name"]
+        if cmdline and cmdline[0].startswith("ray::"):
+            name = cmdline[0]
+        elif cmdline and str(name).startswith("python"):
+            name = " ".join(Path(cmdline[0]).name if i == 0 else part
+                            for i, part in enumerate(cmdline[:3]))[:80]  # fmt: skip
         times = info["cpu_times"]
         out[info["pid"]] = (str(name), float(times.user + times.system))
     return out
