@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -149,6 +150,9 @@ def bench_api(tmp_path: Path, two_nodes: Any) -> Iterator[ApiHarness]:
         ray_address=f"http://{cluster.webui_url}",
         artifact_root=None,
     )
+    # A cluster the API did not start: its nodes' PATH need not have this venv's python, so the
+    # jobs name it, as a deployment sets DETRFORGE_JOB_PYTHON to its image's interpreter.
+    settings = settings.model_copy(update={"job_python": sys.executable})
     yield from harness(settings, alive=_nodes_alive(cluster))
 
 
