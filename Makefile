@@ -25,7 +25,7 @@ serve: venv
 PYTEST_WORKERS ?= 2
 
 test: venv
-	$(PY) -m pytest -q -ra --durations=15 -n $(PYTEST_WORKERS)
+	$(PY) -m pytest -q -ra --durations=15 -n $(PYTEST_WORKERS) --dist loadgroup
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not ray and not slow" -n $(PYTEST_WORKERS)

@@ -14,6 +14,7 @@ pytest_plugins = [
     "fixtures_models",
     "fixtures_mlflow",
     "fixtures_console",
+    "fixtures_topology",
 ]
 
 # What a developer's shell may point at real systems: a test sets every store it uses itself,

@@ -12,7 +12,7 @@ import pytest
 from detrforge.control.intake import Intake
 from detrforge.detector.data import DatasetInfo
 from detrforge.detector.synthetic import synth_dataset
-from detrforge.platform.errors import InvalidSpecError
+from detrforge.platform.errors import IntegrityError, InvalidSpecError
 from detrforge.platform.sources import SourcePolicy
 from detrforge.platform.storage import open_store
 from fixtures_s3 import S3Server
@@ -95,3 +95,69 @@ def test_a_file_root_leaves_the_path_alone(tmp_path: Path) -> None:
     local = _dataset(tmp_path / "ds")
     assert intake.for_cluster(local.root, intake.dataset(local.root)) == local.root
     assert not (root / "datasets").exists()
+
+
+def _file(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_local_checkpoints_and_weights_go_to_the_store_by_their_sha256(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """A spec's local files (checkpoint, the paired baseline's, pretrain weights) are sent as
+    their content-addressed copies; the row keeps the spec as asked."""
+    import hashlib
+
+    from detrforge.detector.specs import BenchmarkSpec, FinetuneSpec
+
+    intake = _intake(tmp_path, f"{s3_bucket}/df")
+    candidate = _file(tmp_path / "ckpt" / "candidate.pth", b"candidate bytes")
+    baseline = _file(tmp_path / "ckpt" / "baseline.pth", b"baseline bytes")
+    sha = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (candidate, baseline)}
+    spec = BenchmarkSpec.model_validate(
+        {
+            "checkpoint": str(candidate),
+            "checkpoint_sha256": sha[candidate],
+            "model_size": "nano",
+            "resolution": 128,
+            "target": "cpu",
+            "target_resources": {"CPU": 1},
+            "baseline": {"checkpoint": str(baseline), "model_size": "nano", "resolution": 128},
+        }
+    )
+    sent = intake.spec_for_cluster(spec, None)
+    assert sent.checkpoint == f"{s3_bucket}/df/blobs/sha256/{sha[candidate]}"
+    assert sent.baseline is not None
+    assert sent.baseline.checkpoint == f"{s3_bucket}/df/blobs/sha256/{sha[baseline]}"
+    assert spec.checkpoint == str(candidate)  # the spec asked is unchanged
+    store = open_store(s3_bucket)
+    assert store.sha256(sent.checkpoint) == sha[candidate]
+
+    dataset = _dataset(tmp_path / "ds")
+    finetune = FinetuneSpec.model_validate(
+        {"dataset": dataset.root, "pretrain_weights": str(baseline), "model_size": "nano"}
+    )
+    sent_ft = intake.spec_for_cluster(finetune, intake.dataset(dataset.root))
+    assert sent_ft.pretrain_weights == sent.baseline.checkpoint  # the same bytes, one blob
+    assert sent_ft.dataset == f"{s3_bucket}/df/datasets/{dataset.fingerprint}"
+
+
+def test_a_checkpoint_that_changed_since_it_was_checked_is_refused(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    intake = _intake(tmp_path, f"{s3_bucket}/df")
+    path = _file(tmp_path / "ckpt.pth", b"new bytes")
+    with pytest.raises(IntegrityError, match="changed since it was checked") as caught:
+        intake.file_for_cluster(str(path), field="checkpoint", sha256="0" * 64)
+    assert caught.value.field == "checkpoint"
+    assert open_store(s3_bucket).list(f"{s3_bucket}/df/blobs") == []
+
+
+def test_a_file_root_sends_local_files_as_given(tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    intake = _intake(tmp_path, root.as_uri())
+    path = _file(tmp_path / "ckpt.pth", b"bytes")
+    assert intake.file_for_cluster(str(path), field="checkpoint") == str(path)
+    assert not root.exists()

@@ -1,159 +1,37 @@
 """Benchmarks land on the node that has the target's hardware, on a real two-node Ray cluster.
 
-The cluster is Ray's own ``cluster_utils.Cluster`` on loopback: a head (1 CPU, the Jobs API)
-and a worker node that alone offers the custom resource ``hw_bench_x86``.
+The cluster is ``fixtures_topology.wheel_cluster``: a head (1 CPU, the Jobs API) and a worker node
+that alone offers the custom resource ``hw_topo``, both from ``ray start`` in a venv where
+detrforge is the built wheel. The API here uses SQLite and ``file://`` artifacts (one machine);
+``test_production_topology.py`` runs the same cluster with PostgreSQL, an MLflow server and S3.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
-import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
-from detrforge.platform.cluster import pin_cluster_address, stop_process_tree
 from detrforge.registry.entities import Role
-from fixtures_cluster import ApiHarness, harness, job_wait, make_settings, start_on_reserved_ports
+from fixtures_cluster import ApiHarness, harness, job_wait, make_settings
+from fixtures_topology import WORKER_RESOURCE, WheelCluster
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-def _descendants() -> set[int]:
-    return {proc.pid for proc in psutil.Process().children(recursive=True)}
-
-
-def _start_two_nodes(
-    temp_dir: Path, ports: list[int], *, worker_args: dict[str, Any] | None = None
-) -> tuple[Any, Any, set[int]]:
-    """Head (the Jobs API) plus a worker with ``hw_bench_x86``; on failure, nothing is left.
-
-    Each ``add_node`` starts processes (GCS, raylet, dashboard, agents) before it can fail, and a
-    node that failed to start is not in the ``Cluster``, so ``Cluster.shutdown`` alone would miss
-    it: whatever this call started (the new descendants of this process) is stopped by PID.
-    Returns the cluster, the worker node and the PIDs of the processes the start created.
-    """
-    from ray.cluster_utils import Cluster
-
-    gcs_port, dashboard_port, head_agent_port, worker_agent_port = ports
-    before = _descendants()
-    cluster = Cluster(initialize_head=False)  # starts nothing yet
-    try:
-        cluster.add_node(
-            node_ip_address="127.0.0.1",
-            gcs_server_port=gcs_port,
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            dashboard_port=dashboard_port,
-            dashboard_agent_listen_port=head_agent_port,
-            num_cpus=1,
-            temp_dir=str(temp_dir),
-        )
-        worker = cluster.add_node(
-            num_cpus=1,
-            resources={"hw_bench_x86": 1},
-            dashboard_agent_listen_port=worker_agent_port,
-            **(worker_args or {}),
-        )
-        cluster.wait_for_nodes()
-        return cluster, worker, _descendants() - before
-    except BaseException:
-        _stop_cluster(cluster, _descendants() - before)
-        raise
-
-
-def _stop_cluster(cluster: Any, started: set[int]) -> None:
-    """``cluster.shutdown()``, then stop by PID any process of ``started`` still alive."""
-    try:
-        cluster.shutdown()
-    finally:
-        for pid in started:
-            if psutil.pid_exists(pid):
-                stop_process_tree(pid, timeout_s=10)
-
-
-def _nodes_alive(cluster: Any) -> Callable[[], str | None]:
-    """An ``alive`` check for waits: why the cluster is gone, None while its nodes run."""
-
-    def check() -> str | None:
-        for node in cluster.list_all_nodes():
-            if not node.remaining_processes_alive():
-                logs = node.get_logs_dir_path()
-                return f"a Ray node's processes died (node {node.node_id}); logs in {logs}"
-        return None
-
-    return check
-
-
-@pytest.fixture(scope="module")
-def two_nodes() -> Iterator[Any]:
-    temp_dir = Path(tempfile.mkdtemp(prefix="dfray2-"))
-    # Ray's Cluster writes ray_current_cluster into Ray's default temp dir ($RAY_TMPDIR/ray),
-    # which a fresh machine does not have: keep it inside this cluster's own folder.
-    (temp_dir / "ray").mkdir()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAY_TMPDIR", str(temp_dir))
-        try:
-            cluster, worker, started = start_on_reserved_ports(
-                4, lambda ports: _start_two_nodes(temp_dir, ports)
-            )
-        except BaseException:
-            shutil.rmtree(temp_dir, ignore_errors=True)
-            raise
-        try:
-            pin_cluster_address(cluster.address, temp_dir)
-            yield cluster, worker
-        finally:
-            _stop_cluster(cluster, started)
-            shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def test_a_cluster_that_fails_to_start_leaves_no_process_behind() -> None:
-    # Runs before the module's cluster exists (file order), so every new process is this one's.
-    temp_dir = Path(tempfile.mkdtemp(prefix="dfray3-"))
-    (temp_dir / "ray").mkdir()
-    before = _descendants()
-    try:
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("RAY_TMPDIR", str(temp_dir))
-            # The head starts; the worker's arguments are refused: a half-started cluster.
-            with pytest.raises(TypeError, match="no_such_ray_option"):
-                start_on_reserved_ports(
-                    4,
-                    lambda ports: _start_two_nodes(
-                        temp_dir, ports, worker_args={"no_such_ray_option": 1}
-                    ),
-                )
-        left = []
-        for proc in psutil.Process().children(recursive=True):
-            try:
-                if proc.pid not in before and proc.status() != psutil.STATUS_ZOMBIE:
-                    left.append(f"{proc.pid} {' '.join(proc.cmdline())[:200]}")
-            except psutil.NoSuchProcess:
-                continue
-        assert left == [], "the failed start left processes running"
-    finally:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+# On the xdist worker that runs the topology test, so the session starts one such cluster.
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("wheel_cluster")]
 
 
 @pytest.fixture
-def bench_api(tmp_path: Path, two_nodes: Any) -> Iterator[ApiHarness]:
-    cluster, _ = two_nodes
+def bench_api(tmp_path: Path, wheel_cluster: WheelCluster) -> Iterator[ApiHarness]:
     settings = make_settings(
         tmp_path / "home",
         database_url=f"sqlite:///{tmp_path / 'registry.db'}",
-        ray_address=f"http://{cluster.webui_url}",
+        ray_address=wheel_cluster.dashboard_url,
         artifact_root=None,
     )
-    # A cluster the API did not start: its nodes' PATH need not have this venv's python, so the
-    # jobs name it, as a deployment sets DETRFORGE_JOB_PYTHON to its image's interpreter.
-    settings = settings.model_copy(update={"job_python": sys.executable})
-    yield from harness(settings, alive=_nodes_alive(cluster))
+    yield from harness(settings, alive=wheel_cluster.alive)
 
 
 def _create_target(api: ApiHarness, name: str, resources: dict[str, float]) -> None:
@@ -179,10 +57,9 @@ def _wait(api: ApiHarness, job_id: str, kind: str = "benchmarks") -> dict[str, A
 
 
 def test_benchmark_runs_on_the_node_with_the_resource(
-    bench_api: ApiHarness, two_nodes: Any, nano_checkpoint: Path, shapes_dataset: Path
+    bench_api: ApiHarness, wheel_cluster: WheelCluster, nano_checkpoint: Path, shapes_dataset: Path
 ) -> None:
-    _, worker = two_nodes
-    _create_target(bench_api, "cpu-x86", {"hw_bench_x86": 1})
+    _create_target(bench_api, "cpu-x86", {WORKER_RESOURCE: 1})
     body = {
         "checkpoint": str(nano_checkpoint),
         "model_size": "nano",
@@ -205,10 +82,10 @@ def test_benchmark_runs_on_the_node_with_the_resource(
     ).json()
     assert records["total"] == 1
     record = records["items"][0]
-    assert record["node_id"] == worker.node_id, "the benchmark ran on a node without the resource"
+    assert record["node_id"] == wheel_cluster.worker_node_id, "ran on a node without the resource"
     assert record["job_id"] == job["id"]
     assert record["runs"] == 5 and record["threads"] == 1
-    assert record["target_resources"] == {"hw_bench_x86": 1.0}
+    assert record["target_resources"] == {WORKER_RESOURCE: 1.0}
     env = record["environment"]
     import torch
 
@@ -231,7 +108,7 @@ def test_benchmark_runs_on_the_node_with_the_resource(
 def test_onnx_backend_ab_with_accuracy(
     bench_api: ApiHarness, nano_checkpoint: Path, pseudo_labelled_dataset: Path
 ) -> None:
-    _create_target(bench_api, "cpu-x86-ort", {"hw_bench_x86": 1})
+    _create_target(bench_api, "cpu-x86-ort", {WORKER_RESOURCE: 1})
     results = {}
     for backend in ("torch", "onnxruntime"):
         body = {

@@ -26,10 +26,8 @@ from fixtures_cluster import (
     TERMINAL_STATES,
     TINY_SPEC,
     ApiHarness,
-    harness,
     head_alive,
     job_wait,
-    make_settings,
     start_on_reserved_ports,
     train_worker_pids,
     wait_until,
@@ -176,49 +174,6 @@ def test_finetune_two_workers_file_artifacts(
     assert len(result["stats"]) == 12
     assert all(v is None or 0.0 <= v <= 1.0 for v in result["stats"].values())
     assert [row["name"] for row in result["per_class"]] == ["square"]
-
-
-def test_finetune_with_s3_artifacts(
-    tmp_path: Path,
-    ray_head: LocalRayHead,
-    s3_bucket: str,
-    synth_ds: DatasetInfo,
-    server_tracking_uri: str | None,
-) -> None:
-    """S3 artifacts, tracked on the MLflow server (PostgreSQL + S3) when the suite has one:
-    the job's run, its model registered by job id, and models:/NAME@production on the server."""
-    settings = make_settings(
-        tmp_path / "home",
-        database_url=f"sqlite:///{tmp_path / 'registry.db'}",
-        ray_address=ray_head.dashboard_url,
-        artifact_root=f"{s3_bucket}/detrforge",
-    )
-    if server_tracking_uri is not None:
-        settings = settings.model_copy(update={"mlflow_tracking_uri": server_tracking_uri})
-    # One worker, one epoch: the two-worker test above covers DDP; this one covers S3.
-    spec = {**TINY_SPEC, "dataset": synth_ds.root, "num_workers": 1, "epochs": 1}
-    for api in harness(settings):
-        job = api.wait(api.submit(spec).json()["id"])
-        _check_finished_job(api, job, tmp_path, workers=1, epochs=1)
-        assert job["model_uri"].startswith(f"{s3_bucket}/detrforge/jobs/")
-        assert job["checkpoint_uri"].startswith(f"{s3_bucket}/detrforge/ray/{job['id']}/")
-        # The local dataset was staged into the store and the job trained from that copy.
-        params = _tracker(api).client.get_run(job["mlflow_run_id"]).data.params
-        assert job["spec"]["dataset"] == synth_ds.root
-        assert params["dataset"] == f"{s3_bucket}/detrforge/datasets/{synth_ds.fingerprint}"
-        from detrforge.platform.storage import open_store
-
-        store = open_store(settings.resolved_artifact_root())
-        assert store.sha256(job["model_uri"]) == job["model_sha256"]
-
-        # Registered by job id from the s3:// store, released on the tracking server.
-        headers = api.headers()
-        assert api.client.post("/api/v1/models", json={"name": "s3"}, headers=headers).is_success
-        version = api.client.post(
-            "/api/v1/models/s3/versions", json={"job_id": job["id"]}, headers=headers
-        ).json()
-        assert version["checkpoint_sha256"] == job["model_sha256"]
-        _assert_released_in_mlflow(api, "s3", version, job, tmp_path)
 
 
 def test_killed_worker_resumes_from_checkpoint(

@@ -4,7 +4,8 @@ dataset as the cluster can reach it.
 Validation runs here, on the API's machine, before anything is submitted. What the job is then
 sent depends on the artifact root: with a local one the dataset's path (the API and every node
 share a filesystem), with ``s3://`` a local dataset's copy in the store, content-addressed by its
-fingerprint (``platform/staging.py``): uploaded by the first submission, reused by the rest.
+fingerprint (``platform/staging.py``): uploaded by the first submission, reused by the rest. Local
+checkpoint and weights files go the same way, to ``blobs/sha256/<hex>``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from detrforge.detector.data import (
     DatasetInfo,
@@ -19,7 +23,8 @@ from detrforge.detector.data import (
     fingerprint_dataset,
     require_valid_dataset,
 )
-from detrforge.platform.errors import InvalidSpecError, NotFoundError
+from detrforge.platform.blobs import sha256_file
+from detrforge.platform.errors import IntegrityError, InvalidSpecError, NotFoundError
 from detrforge.platform.limits import DEFAULT_MAX_ANNOTATION_BYTES
 from detrforge.platform.sources import SourcePolicy
 from detrforge.platform.staging import shared_filesystem, stage_dataset
@@ -28,6 +33,11 @@ from detrforge.platform.storage import fetch_local, open_store
 __all__ = ["Intake"]
 
 log = logging.getLogger(__name__)
+
+SpecT = TypeVar("SpecT", bound=BaseModel)
+
+# Spec fields that name one file a job reads, with the field of its expected sha256 (if any).
+_FILE_FIELDS = {"checkpoint": "checkpoint_sha256", "pretrain_weights": None}
 
 
 @dataclass(frozen=True)
@@ -101,3 +111,53 @@ class Intake:
             staged.reused,
         )
         return staged.uri
+
+    def file_for_cluster(self, uri: str, *, field: str, sha256: str | None = None) -> str:
+        """What a job is sent for the file ``uri`` (admitted by :meth:`file`).
+
+        ``uri`` itself when it is on S3 or the artifact root is local; otherwise the URI of its
+        copy in the artifact store, ``blobs/sha256/<hex>`` (uploaded now unless it is there).
+
+        Raises:
+            IntegrityError: the file does not hash to ``sha256``, or changed while uploaded.
+            StorageError: the artifact store refused the upload.
+        """
+        if uri.startswith("s3://") or shared_filesystem(self.artifact_root):
+            return uri
+        path = Path(uri.removeprefix("file://"))
+        digest = sha256_file(path)
+        if sha256 is not None and digest != sha256:
+            raise IntegrityError(
+                f"{field}: {uri} changed since it was checked (its sha256 is no longer "
+                f"{sha256}); submit again",
+                field=field,
+            )
+        blob = open_store(self.artifact_root).put_blob(path, digest)
+        log.info("%s %s is %s", field, uri, blob.uri)
+        return blob.uri
+
+    def spec_for_cluster(self, spec: SpecT, dataset: DatasetInfo | None) -> SpecT:
+        """``spec`` as a job is sent it: its dataset (``dataset``, validated) and every file it
+        names where the cluster reaches them (:meth:`for_cluster`, :meth:`file_for_cluster`)."""
+        update: dict[str, Any] = {}
+        if dataset is not None:
+            uri = getattr(spec, "dataset")  # noqa: B009 - any spec with a dataset field
+            update["dataset"] = self.for_cluster(uri, dataset)
+        update.update(self._files_for_cluster(spec, prefix=""))
+        baseline = getattr(spec, "baseline", None)
+        if isinstance(baseline, BaseModel):
+            staged = self._files_for_cluster(baseline, prefix="baseline.")
+            if staged:
+                update["baseline"] = baseline.model_copy(update=staged)
+        return spec.model_copy(update=update) if update else spec
+
+    def _files_for_cluster(self, spec: BaseModel, *, prefix: str) -> dict[str, str]:
+        staged = {}
+        for name, sha_field in _FILE_FIELDS.items():
+            uri = getattr(spec, name, None)
+            if isinstance(uri, str) and uri:
+                sha256 = getattr(spec, sha_field, None) if sha_field else None
+                sent = self.file_for_cluster(uri, field=prefix + name, sha256=sha256)
+                if sent != uri:
+                    staged[name] = sent
+        return staged

@@ -164,13 +164,10 @@ class JobService:
         """Record the job, then submit it, once under a ``job_id`` the caller recorded first.
 
         ``dataset``: ``spec.dataset`` validated. The job row keeps the spec as asked; the job is
-        sent it with the dataset where the cluster reaches it (staged first, ``intake.py``).
+        sent it with its dataset and files where the cluster reaches them (staged first,
+        ``intake.py``).
         """
-        sent = spec
-        if dataset is not None:
-            sent = spec.model_copy(
-                update={"dataset": self.intake.for_cluster(spec.dataset, dataset)}
-            )
+        sent = self.intake.spec_for_cluster(spec, dataset)
         fingerprint = dataset.fingerprint if dataset is not None else None
         job = self.job_store.create(
             kind=kind,

@@ -138,6 +138,12 @@ def run_driver(
         },
     )
     print(f"detrforge: job {args.job_id} MLflow run {ctx.run_id}", flush=True)
+    # Which code the node runs: an image with another install than the API's shows here first.
+    print(
+        f"detrforge: {__version__} from {Path(__file__).resolve().parents[1]}, "
+        f"python {sys.executable}",
+        flush=True,
+    )
     try:
         check_api_version(os.environ.get(API_VERSION_ENV))
         ray.init(log_to_driver=True)
