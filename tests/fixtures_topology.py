@@ -34,6 +34,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -45,7 +46,7 @@ import pytest
 from detrforge.platform.cluster import alive_node_count, ray_client_env, stop_process_tree
 from fixtures_cluster import start_on_reserved_ports
 
-__all__ = ["WheelCluster", "wheel_cluster"]
+__all__ = ["WheelCluster", "listeners", "wheel_cluster"]
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER_RESOURCE = "hw_topo"
@@ -99,9 +100,43 @@ class WheelCluster:
         return None
 
     def stop(self) -> None:
-        for process in (self.worker, self.head):
-            if process is not None and process.poll() is None:
-                stop_process_tree(process.pid, timeout_s=20)
+        """Stop both nodes at once, by PID. ``ray start --block`` outlives its SIGTERM (its
+        children exit, it does not), so each gets a short grace before SIGKILL."""
+        running = [p for p in (self.worker, self.head) if p is not None and p.poll() is None]
+        stoppers = [
+            threading.Thread(target=stop_process_tree, args=(p.pid,), kwargs={"timeout_s": 6})
+            for p in running
+        ]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
+
+
+def listeners(cluster: WheelCluster) -> list[tuple[str, str]]:
+    """``(address:port, process name)`` of every listening socket of the cluster's processes."""
+    import psutil
+
+    found = []
+    for root in (cluster.head, cluster.worker):
+        if root is None:
+            continue
+        try:
+            tree = [psutil.Process(root.pid), *psutil.Process(root.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for proc in tree:
+            try:
+                sockets = proc.net_connections(kind="inet")
+                name = proc.name()
+            except psutil.Error:
+                continue
+            found += [
+                (f"{c.laddr.ip}:{c.laddr.port}", name)
+                for c in sockets
+                if c.status == psutil.CONN_LISTEN
+            ]
+    return found
 
 
 def build_wheel(out: Path) -> Path:

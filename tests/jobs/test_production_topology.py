@@ -30,7 +30,7 @@ from fixtures_cluster import TINY_SPEC, ApiHarness, harness, make_settings
 from fixtures_db import POSTGRES_URL_VARIABLE, _fresh_postgres_database
 from fixtures_mlflow import MlflowServer, alias_checkpoint_sha256
 from fixtures_s3 import S3Server
-from fixtures_topology import WORKER_RESOURCE, WheelCluster
+from fixtures_topology import WORKER_RESOURCE, WheelCluster, listeners
 
 # On the xdist worker that runs the benchmark tests, so the session starts one such cluster.
 pytestmark = [
@@ -42,6 +42,7 @@ pytestmark = [
 
 MODEL = "topology"
 TARGET = "edge-box"
+LOOPBACK = ("127.0.0.1:", "::ffff:127.0.0.1:", "::1:")
 
 
 @pytest.fixture
@@ -117,6 +118,10 @@ def test_fine_tune_gate_promote_and_roll_back_on_a_production_shaped_cluster(
 ) -> None:
     api = topology_api
     root = f"{s3_bucket}/detrforge"
+    # Both nodes' processes (GCS, raylets, dashboard, agents) listen on loopback only.
+    sockets = listeners(wheel_cluster)
+    assert len({name for _, name in sockets}) >= 4, sockets
+    assert [s for s in sockets if not s[0].startswith(LOOPBACK)] == []
 
     # A dataset on the API's machine only: deleted once the fine-tune is accepted, so the job
     # can only have read the store's copy.
@@ -137,8 +142,17 @@ def test_fine_tune_gate_promote_and_roll_back_on_a_production_shaped_cluster(
     run = MlflowClient(tracking_uri=mlflow_server.uri).get_run(job["mlflow_run_id"])
     assert run.data.params["dataset"] == staged.rstrip("/")  # what the job was sent
 
-    # v1: the fine-tune; v2: a checkpoint file on the API's machine, copied into the store.
+    # v1: a checkpoint file on the API's machine, copied into the store; in production before
+    # any policy exists (no gates, no jobs). v2: the fine-tune, promoted through the gates.
     _call(api, "POST", "/models", {"name": MODEL}, Role.operator)
+    v1 = _call(
+        api,
+        "POST",
+        f"/models/{MODEL}/versions",
+        {"checkpoint": str(nano_checkpoint), "model_size": "nano", "resolution": 128},
+        Role.operator,
+    )
+    assert _promote(api, v1["version"])["state"] == "applied"
     _call(
         api,
         "POST",
@@ -153,35 +167,23 @@ def test_fine_tune_gate_promote_and_roll_back_on_a_production_shaped_cluster(
         "benchmark_warmup": 1,
     }
     _call(api, "PUT", f"/models/{MODEL}/policy", policy)
-    v1 = _call(api, "POST", f"/models/{MODEL}/versions", {"job_id": job["id"]}, Role.operator)
-    v2 = _call(
-        api,
-        "POST",
-        f"/models/{MODEL}/versions",
-        {"checkpoint": str(nano_checkpoint), "model_size": "nano", "resolution": 128},
-        Role.operator,
-    )
+    v2 = _call(api, "POST", f"/models/{MODEL}/versions", {"job_id": job["id"]}, Role.operator)
     for version in (v1, v2):
-        assert version["checkpoint_uri"].startswith(f"{root}/"), version
-    assert v1["checkpoint_sha256"] != v2["checkpoint_sha256"]
+        assert version["checkpoint_uri"].startswith(f"{root}/blobs/sha256/"), version
+    assert v2["checkpoint_sha256"] == job["model_sha256"] != v1["checkpoint_sha256"]
 
-    for version in (v1, v2):
-        promotion = _promote(api, version["version"])
-        assert promotion["state"] == "applied", promotion["message"]
-        ap = _gate(promotion, "ap_floor")
-        assert 0.0 <= ap["candidate"] <= 1.0 and ap["passed"], ap
-        latency = _gate(promotion, "p95_sla")
-        assert latency["target"] == TARGET
-        assert latency["passed"] and 0 < latency["candidate"] < 60_000, latency
+    promotion = _promote(api, v2["version"])
+    assert promotion["state"] == "applied", promotion["message"]
+    ap = _gate(promotion, "ap_floor")
+    assert 0.0 <= ap["candidate"] <= 1.0 and ap["passed"], ap
+    latency = _gate(promotion, "p95_sla")
+    assert latency["target"] == TARGET
+    assert latency["passed"] and 0 < latency["candidate"] < 60_000, latency
 
-    # Every benchmark ran on the worker node, the only one with the target's resource.
-    records = _call(api, "GET", "/benchmark-records", role=Role.viewer)["items"]
-    assert len(records) == 2
-    assert {r["node_id"] for r in records} == {wheel_cluster.worker_node_id}
-    assert {r["checkpoint_sha256"] for r in records} == {
-        v1["checkpoint_sha256"],
-        v2["checkpoint_sha256"],
-    }
+    # The gate's benchmark ran on the worker node, the only one with the target's resource.
+    [record] = _call(api, "GET", "/benchmark-records", role=Role.viewer)["items"]
+    assert record["node_id"] == wheel_cluster.worker_node_id
+    assert record["checkpoint_sha256"] == v2["checkpoint_sha256"]
 
     rolled = _call(api, "POST", f"/models/{MODEL}/rollback", {"reason": "topology test"})
     assert rolled["version"] == v1["version"] and rolled["stage"] == "production"
@@ -192,8 +194,8 @@ def test_fine_tune_gate_promote_and_roll_back_on_a_production_shaped_cluster(
     api_paths = {sys.prefix, str(Path(__file__).resolve().parents[2]), str(api.settings.home)}
     ours = {j["id"] for j in _call(api, "GET", "/jobs?limit=100", role=Role.viewer)["items"]}
     jobs = [j for j in _ray_jobs(wheel_cluster) if j.submission_id in ours]
-    # The fine-tune, 2 evaluations (one per checkpoint) and 2 benchmarks, all on this cluster.
-    assert len(jobs) == len(ours) == 5, ours
+    # The fine-tune, then the gates' evaluation and benchmark, all on this cluster.
+    assert len(jobs) == len(ours) == 3, ours
     for ray_job in jobs:
         assert ray_job.entrypoint.startswith("python -m detrforge.jobs."), ray_job.entrypoint
         env = (ray_job.runtime_env or {}).get("env_vars", {})
