@@ -147,12 +147,14 @@ def wait_until(
     until: Callable[[Any], Any] = bool,
     fail_if: Callable[[Any], str | None] | None = None,
     alive: Callable[[], str | None] | None = None,
+    explain: Callable[[], str] | None = None,
 ) -> Any:
     """Poll ``read()`` until ``until(value)``; return that value.
 
     Fails at once (not at the timeout) when ``fail_if(value)`` gives a reason (e.g. the job ended
     in another terminal state) or ``alive()`` does (e.g. the Ray head the wait depends on died).
-    Every failure names ``what`` was awaited and the last value read.
+    Every failure names ``what`` was awaited and the last value read; a timeout adds what
+    ``explain()`` says (e.g. :func:`describe_cluster`: what holds the cluster).
     """
     what = what or getattr(read, "__qualname__", "the condition")
     deadline = time.monotonic() + timeout_s
@@ -169,7 +171,10 @@ def wait_until(
                 f"gave up waiting for {what}: {reason}; last value: {value!r:.2000}"
             )
         if time.monotonic() >= deadline:
-            raise AssertionError(f"waited {timeout_s:g} s for {what}; last value: {value!r:.2000}")
+            context = f"; {explain()}" if explain is not None else ""
+            raise AssertionError(
+                f"waited {timeout_s:g} s for {what}; last value: {value!r:.2000}{context}"
+            )
         time.sleep(every_s)
 
 
@@ -237,6 +242,74 @@ def ray_head() -> Iterator[LocalRayHead]:
     yield head
     head.stop()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# Ray job states after which a job holds nothing on the cluster.
+_RAY_ENDED = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+
+
+def describe_cluster(address: str) -> str:
+    """What holds the cluster at ``address`` (its dashboard URL): unfinished jobs, and tasks and
+    actors not done, for a failure message when a wait on a job runs out."""
+    from ray.job_submission import JobSubmissionClient
+    from ray.util.state import list_actors, list_tasks
+
+    try:
+        jobs = [
+            f"{job.submission_id} {getattr(job.status, 'value', job.status)}: {job.entrypoint}"
+            for job in JobSubmissionClient(address).list_jobs()
+            if getattr(job.status, "value", job.status) not in _RAY_ENDED
+        ]
+        tasks = [
+            f"{t.name} {t.state}"
+            for t in list_tasks(address=address, filters=[("state", "!=", "FINISHED")], limit=50)
+            if t.state != "FAILED"
+        ]
+        actors = [
+            f"{a.class_name} {a.state}"
+            for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=50)
+        ]
+    except Exception as exc:  # a diagnosis must not hide the failure it explains
+        return f"(cluster state unavailable: {exc!r})"
+    return f"unfinished jobs: {jobs}; tasks not finished: {tasks}; live actors: {actors}"
+
+
+@pytest.fixture(autouse=True)
+def _shared_head_left_idle(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test on the worker's shared Ray head must leave no job running there.
+
+    The head has 2 CPUs for every test on its xdist worker: a job one test leaves behind holds
+    them, and the next test's evaluation waits for a CPU until its own timeout (how CI once
+    failed two unrelated tests). After the test, jobs still running get a short grace to end
+    (a driver exits a moment after its job's work is recorded), then are stopped, and the test
+    that left them fails naming them.
+    """
+    yield
+    if "ray_head" not in request.fixturenames:
+        return
+    from ray.job_submission import JobSubmissionClient
+
+    head: LocalRayHead = request.getfixturevalue("ray_head")
+    if not head.alive():
+        return
+    client = JobSubmissionClient(head.dashboard_url)
+
+    def running() -> dict[str, str]:
+        return {
+            str(job.submission_id): f"{job.entrypoint} ({getattr(job.status, 'value', job.status)})"
+            for job in client.list_jobs()
+            if getattr(job.status, "value", job.status) not in _RAY_ENDED and job.submission_id
+        }
+
+    deadline = time.monotonic() + 30
+    while (left := running()) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    for submission_id in left:
+        client.stop_job(submission_id)
+    if left:
+        state = describe_cluster(head.dashboard_url)
+        wait_until(lambda: not running(), timeout_s=60, what="the left-over jobs to stop")
+        pytest.fail(f"the test left jobs running on the shared Ray head (now stopped): {state}")
 
 
 @pytest.fixture(scope="session")

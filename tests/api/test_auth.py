@@ -49,6 +49,8 @@ REQUIRED_ROLE: dict[tuple[str, str], Role | None] = {
     ("post", "/api/v1/models/{name}/versions"): Role.operator,
     ("get", "/api/v1/models/{name}/versions"): Role.viewer,
     ("get", "/api/v1/models/{name}/versions/{version}"): Role.viewer,
+    ("get", "/api/v1/models/{name}/versions/{version}/variants"): Role.viewer,
+    ("post", "/api/v1/models/{name}/versions/{version}/optimize"): Role.operator,
     ("get", "/api/v1/models/{name}/aliases/{alias}"): Role.viewer,
     ("post", "/api/v1/models/{name}/versions/{version}/promotions"): Role.operator,
     ("get", "/api/v1/models/{name}/promotions"): Role.viewer,

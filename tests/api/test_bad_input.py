@@ -110,6 +110,25 @@ def test_times_beyond_utc_are_422(api: ApiHarness, path: str, value: str) -> Non
     assert _error(response, 422, "INVALID_REQUEST")["field"] == "since"
 
 
+@pytest.mark.parametrize("value", ["-3.35990861420118e-59", "1700000000", "2026-01-01", "now"])
+@pytest.mark.parametrize("path", ["/api/v1/audit", "/api/v1/benchmark-records"])
+def test_a_time_that_is_not_iso_8601_is_422(api: ApiHarness, path: str, value: str) -> None:
+    # A number would otherwise be read as seconds since 1970, a bare date as midnight.
+    response = api.client.get(path, params={"until": value}, headers=api.headers())
+    body = _error(response, 422, "INVALID_REQUEST")
+    assert body["field"] == "until"
+    assert "ISO 8601" in response.text
+
+
+def test_an_iso_time_is_accepted(api: ApiHarness) -> None:
+    for value in ("2026-01-01T00:00:00Z", "2026-01-01 00:00:00+02:00"):
+        response = api.client.get(
+            "/api/v1/benchmark-records", params={"since": value}, headers=api.headers()
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["items"] == []
+
+
 def test_query_text_is_bounded(api: ApiHarness) -> None:
     response = api.client.get(
         "/api/v1/audit", params={"actor": "a" * 10_000}, headers=api.headers()

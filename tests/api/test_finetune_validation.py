@@ -169,3 +169,26 @@ def test_dataset_that_does_not_exist(offline_api: ApiHarness, tmp_path: Path) ->
     assert response.status_code == 422
     assert response.json()["field"] == "dataset"
     assert response.json()["message"] == f"dataset: {tmp_path / 'nothing'} does not exist"
+
+
+def test_a_segmentation_finetune_needs_masks(
+    offline_api: ApiHarness, synth_ds: DatasetInfo
+) -> None:
+    """Boxes-only data is fine for detection, not for a seg-* size: every object without a mask
+    is a problem with its file and field, and nothing reaches Ray."""
+    seg = {**TINY_SPEC, "model_size": "seg-nano", "resolution": 96, "dataset": synth_ds.root}
+    body = _assert_rejected(offline_api, seg)
+    assert body["code"] == "INVALID_DATASET"
+    problems = {(p["file"], p["field"]) for p in body["details"]}
+    assert ("train/_annotations.coco.json", "annotations[0].segmentation") in problems
+    assert all(field.endswith(".segmentation") for _, field in problems), problems
+
+
+def test_a_detection_size_with_task_segmentation_is_422_on_task(
+    offline_api: ApiHarness, synth_ds: DatasetInfo
+) -> None:
+    body = _assert_rejected(
+        offline_api, {**TINY_SPEC, "task": "segmentation", "dataset": synth_ds.root}
+    )
+    assert (body["code"], body["field"]) == ("INVALID_SPEC", "task")
+    assert "choose a segmentation size (seg-nano" in body["message"]

@@ -18,6 +18,7 @@ def test_with_s3_artifacts_no_job_env_names_the_api_machine(tmp_path: Path) -> N
     assert env["DETRFORGE_ARTIFACT_ROOT"] == "s3://bucket/df"
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert "DETRFORGE_HOME" not in env
+    assert env["RAY_task_oom_retries"] == "3"  # an OOM-killed evaluation fails, not loops
     for value in env.values():
         assert str(tmp_path) not in value and sys.prefix not in value, value
 

@@ -320,3 +320,49 @@ def test_cli_set_options_parse_json_else_keep_the_string() -> None:
     spec: dict[str, Any] = {"epochs": 1}
     apply_sets(spec, ["epochs=3", "use_ema=false", "lr=1e-4", "note=plain text", "x="])
     assert spec == {"epochs": 3, "use_ema": False, "lr": 1e-4, "note": "plain text", "x": ""}
+
+
+def test_cli_target_gates_parse_ship_and_refuse_what_they_cannot_read() -> None:
+    import click
+
+    from detrforge.cli.registry import _target_gate
+
+    assert _target_gate("cpu-x86:ratio=1.2:sla=50:ship=onnx-int8") == {
+        "target": "cpu-x86",
+        "max_p95_ratio": 1.2,
+        "p95_sla_ms": 50.0,
+        "variant": "onnx-int8",
+    }
+    assert _target_gate("cpu-1t:sla=80") == {"target": "cpu-1t", "p95_sla_ms": 80.0}
+    for bad in ("cpu:speed=2", "cpu:ship=", "cpu:ratio=fast"):
+        with pytest.raises((SystemExit, click.exceptions.Exit)):
+            _target_gate(bad)
+
+
+def test_cli_optimize_table_marks_the_fastest_within_tolerance() -> None:
+    from detrforge.cli.registry import variant_table
+
+    def row(name: str, p95: float, ap: float, best: bool) -> dict[str, Any]:
+        return {
+            "name": name,
+            "size_bytes": 3 * 2**20,
+            "build_seconds": 12.5,
+            "metrics": {
+                "e2e_ms": {"p50": p95 - 2, "p95": p95, "p99": p95 + 1},
+                "model_ms": {"p50": p95 - 5, "p95": p95 - 3, "p99": p95 - 2},
+                "eager_e2e_ms": {"p50": 70.0, "p95": 80.0, "p99": 90.0},
+                "speedup_e2e_p95": round(80.0 / p95, 4),
+                "speedup_model_p95": {"speedup": 2.1, "low": 1.9, "high": 2.3},
+                "ap": ap,
+                "ap_change": ap - 0.5,
+                "eager_ap": 0.5,
+                "best": best,
+            },
+        }
+
+    lines = variant_table([row("onnx-opt", 50.0, 0.5, False), row("onnx-int8", 40.0, 0.498, True)])
+    assert lines[1].split() == ["eager", "80.0", "1.00x", "0.5000"]
+    assert lines[2].startswith("  onnx-opt") and lines[3].startswith("* onnx-int8")
+    assert lines[3].split()[2:6] == ["38.0", "40.0", "41.0", "37.0"]
+    assert "2.00x, 2.10x [1.90, 2.30]" in lines[3] and "-0.0020" in lines[3]
+    assert variant_table([]) == ["no variant was built"]

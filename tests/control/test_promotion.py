@@ -51,7 +51,11 @@ class FakeRunner:
     """
 
     ap: dict[int, float] = field(default_factory=dict)
+    # Mask AP of segmentation versions (absent: a detection model's evaluation has none).
+    mask_ap: dict[int, float] = field(default_factory=dict)
     p95: dict[tuple[int, str], float] = field(default_factory=dict)
+    # AP of the variant the policy ships on a target: ``variant_ap[(version, target)]``.
+    variant_ap: dict[tuple[int, str], float] = field(default_factory=dict)
     # The p95 ratio interval's relative half-width, per candidate version (default 5%).
     spread: dict[int, float] = field(default_factory=dict)
     busy: int = 0
@@ -81,7 +85,11 @@ class FakeRunner:
         if need.kind == "benchmark" and baseline is not None:
             if policy.target(str(need.target)).max_p95_ratio is not None:
                 self.paired_with[job_id] = baseline.version
-        return EvidenceResult(need=need, version=version.version, state="submitted", job_id=job_id)
+        shipped = policy.target(need.target).variant if need.target else None
+        artifact = {"variant": shipped, "sha256": f"{version.version:064x}"} if shipped else None
+        return EvidenceResult(
+            need=need, version=version.version, state="submitted", job_id=job_id, artifact=artifact
+        )
 
     def read(self, result: EvidenceResult, *, policy: GatePolicy) -> EvidenceResult:
         if self.hold:
@@ -95,7 +103,14 @@ class FakeRunner:
 
     def _done(self, result: EvidenceResult) -> EvidenceResult:
         if result.need.kind == "evaluate":
-            return replace(result, state="done", ap=self.ap[result.version], mlflow_run_id="run")
+            target = result.need.target
+            return replace(
+                result,
+                state="done",
+                ap=self.variant_ap[(result.version, target)] if target else self.ap[result.version],
+                mask_ap=self.mask_ap.get(result.version),
+                mlflow_run_id="run",
+            )
         target = str(result.need.target)
         p95 = self.p95[(result.version, target)]
         paired = None
@@ -240,6 +255,107 @@ def test_an_ap_drop_is_refused_with_its_figures(stores: RegistryStores, tmp_path
     )
     assert _in_production(stores) == 1
     assert stores.models.get_version(MODEL, 2).stage == Stage.none
+
+
+def test_the_variant_a_target_ships_is_held_to_the_ap_gates(
+    stores: RegistryStores, tmp_path: Path
+) -> None:
+    """The checkpoint's AP holds, but the int8 artifact that ships on ``cpu`` loses 0.09 against
+    production's: the promotion is refused on that target, citing the artifact's sha256."""
+    _register(stores, tmp_path, 2)
+    runner = FakeRunner(
+        ap={1: 0.50, 2: 0.50},
+        variant_ap={(1, "cpu"): 0.49, (2, "cpu"): 0.40},
+        p95={(1, "cpu"): 10.0, (2, "cpu"): 9.0},
+    )
+    machine = _machine(stores, runner)
+    _policy(
+        stores,
+        eval=EVAL,
+        ap_floor=0.3,
+        max_ap_drop=0.02,
+        targets=[{"target": "cpu", "p95_sla_ms": 50.0, "variant": "onnx-int8"}],
+    )
+    first = _promote(machine, 1)
+    assert first.state == PromotionState.applied, first.message
+
+    done = _promote(machine, 2)
+
+    assert done.state == PromotionState.failed
+    assert done.message == (
+        "refused: max_ap_drop: onnx-int8 on cpu: AP 0.4000 is 0.0900 below production v1's "
+        "0.4900; the policy allows a drop of 0.0200 (exceeded by 0.0700)"
+    )
+    figures = {(g.gate, g.target): (g.candidate, g.baseline, g.passed) for g in done.gate_results}
+    assert figures == {
+        ("integrity", None): (None, None, True),
+        ("ap_floor", None): (0.50, None, True),
+        ("max_ap_drop", None): (0.50, 0.50, True),
+        ("ap_floor", "cpu"): (0.40, None, True),
+        ("max_ap_drop", "cpu"): (0.40, 0.49, False),
+        ("p95_sla", "cpu"): (9.0, None, True),
+    }
+    [shipped] = [g for g in done.gate_results if (g.gate, g.target) == ("max_ap_drop", "cpu")]
+    assert shipped.evidence["candidate"]["artifact"] == {
+        "variant": "onnx-int8",
+        "sha256": "0" * 63 + "2",
+    }
+    assert shipped.evidence["baseline"]["artifact"]["sha256"] == "0" * 63 + "1"
+    # The checkpoint's evaluations, then the shipped artifact's, then the benchmark.
+    assert runner.started[-5:] == [
+        ("candidate", "evaluate", None, 2),
+        ("baseline", "evaluate", None, 1),
+        ("candidate", "evaluate", "cpu", 2),
+        ("baseline", "evaluate", "cpu", 1),
+        ("candidate", "benchmark", "cpu", 2),
+    ]
+    assert _in_production(stores) == 1
+
+
+def test_a_mask_ap_drop_is_refused_with_both_figures(
+    stores: RegistryStores, tmp_path: Path
+) -> None:
+    """Box AP holds but mask AP drops: the mask gate alone refuses, naming both figures."""
+    _register(stores, tmp_path, 2)
+    runner = FakeRunner(ap={1: 0.30, 2: 0.31}, mask_ap={1: 0.2510, 2: 0.0420})
+    machine = _machine(stores, runner)
+    _promote(machine, 1)
+    _policy(stores, eval=EVAL, max_ap_drop=0.02, mask_ap_floor=0.01, max_mask_ap_drop=0.02)
+
+    done = _promote(machine, 2)
+
+    assert done.state == PromotionState.failed
+    # Production's evaluation is gathered once for both drop gates.
+    assert runner.started.count(("baseline", "evaluate", None, 1)) == 1
+    gates = {g.gate: g for g in done.gate_results}
+    assert gates["max_ap_drop"].passed and gates["mask_ap_floor"].passed
+    mask = gates["max_mask_ap_drop"]
+    assert (mask.metric, mask.candidate, mask.baseline, mask.passed) == (
+        "segm/AP",
+        0.0420,
+        0.2510,
+        False,
+    )
+    assert done.message == (
+        "refused: max_mask_ap_drop: mask AP 0.0420 is 0.2090 below production v1's 0.2510; the "
+        "policy allows a drop of 0.0200 (exceeded by 0.1890)"
+    )
+    assert _in_production(stores) == 1
+
+
+def test_a_mask_gate_on_a_detection_model_fails_saying_why(
+    stores: RegistryStores, tmp_path: Path
+) -> None:
+    _register(stores, tmp_path, 1)
+    machine = _machine(stores, FakeRunner(ap={1: 0.5}))
+    _policy(stores, eval=EVAL, mask_ap_floor=0.1)
+
+    done = _promote(machine, 1)
+
+    assert done.state == PromotionState.failed
+    [gate] = [g for g in done.gate_results if g.gate == "mask_ap_floor"]
+    assert gate.candidate is None and not gate.passed
+    assert "v1 has no mask AP (segm/AP)" in gate.detail
 
 
 def test_a_p95_ratio_over_the_limit_is_refused(stores: RegistryStores, tmp_path: Path) -> None:
@@ -549,9 +665,44 @@ OLD_EVIDENCE = [
         "node_id": "node-a",
     },
 ]
+# A shipped variant's evaluation and a paired benchmark of two variants: the artifacts measured.
+VARIANT_EVIDENCE = [
+    {
+        "role": "candidate",
+        "kind": "evaluate",
+        "target": "cpu-1t",
+        "version": 2,
+        "job_id": "ev-9",
+        "state": "done",
+        "artifact": {"variant": "onnx-int8", "sha256": "a" * 64},
+        "ap": 0.52,
+        "mlflow_run_id": "run-9",
+    },
+    {
+        "role": "candidate",
+        "kind": "benchmark",
+        "target": "cpu-1t",
+        "version": 2,
+        "job_id": "bm-9",
+        "state": "running",
+        "artifact": {"variant": "onnx-int8", "sha256": "a" * 64},
+        "baseline_artifact": {"variant": "onnx-int8", "sha256": "b" * 64},
+    },
+]
+# A segmentation model's evaluation: its mask AP rides along with its box AP.
+MASK_EVIDENCE = {
+    "role": "baseline",
+    "kind": "evaluate",
+    "version": 1,
+    "job_id": "ev-3",
+    "state": "done",
+    "ap": 0.30,
+    "mlflow_run_id": "run-3",
+    "mask_ap": 0.25,
+}
 
 
-@pytest.mark.parametrize("item", OLD_EVIDENCE)
+@pytest.mark.parametrize("item", [*OLD_EVIDENCE, MASK_EVIDENCE, *VARIANT_EVIDENCE])
 def test_stored_evidence_json_round_trips(item: dict[str, Any]) -> None:
     result = EvidenceResult.from_json(item)
     assert result.to_json() == item
@@ -573,3 +724,32 @@ def test_stored_evidence_loads_into_typed_values() -> None:
     assert plan(policy, None, results) == []
     finished = [replace(r, state="done", ap=0.4) if r.state == "running" else r for r in results]
     assert plan(policy, None, finished) == [EvidenceNeed("candidate", "benchmark", "cpu-1t")]
+
+
+def test_a_shipped_variant_adds_its_evaluations_before_the_benchmarks() -> None:
+    policy = GatePolicy.model_validate(
+        {
+            "eval": EVAL,
+            "max_ap_drop": 0.1,
+            "targets": [
+                {"target": "cpu-1t", "max_p95_ratio": 2, "variant": "onnx-int8"},
+                {"target": "cpu-4t", "p95_sla_ms": 90},
+            ],
+        }
+    )
+    baseline = object()  # any production version: only its presence matters to plan
+    needs = plan(policy, baseline, [])  # type: ignore[arg-type]
+    assert needs == [
+        EvidenceNeed("candidate", "evaluate"),
+        EvidenceNeed("baseline", "evaluate"),
+        EvidenceNeed("candidate", "evaluate", "cpu-1t"),
+        EvidenceNeed("baseline", "evaluate", "cpu-1t"),
+    ]
+    done = [
+        EvidenceResult(need, 2 if need.role == "candidate" else 1, "done", "job", ap=0.5)
+        for need in needs
+    ]
+    assert plan(policy, baseline, done) == [  # type: ignore[arg-type]
+        EvidenceNeed("candidate", "benchmark", "cpu-1t"),
+        EvidenceNeed("candidate", "benchmark", "cpu-4t"),
+    ]

@@ -42,7 +42,7 @@ def test_the_image_installs_with_the_script_ci_uses() -> None:
     runs = [arguments for instruction, arguments in steps if instruction == "RUN"]
     installs = [run for run in runs if INSTALL in run]
     assert len(installs) == 1, runs
-    assert installs[0].endswith(f"bash {INSTALL} /opt/venv")
+    assert installs[0].endswith(f"bash {INSTALL} /opt/venv variants")
     # Nothing else installs Python packages into the image.
     assert not [run for run in runs if "pip" in run and INSTALL not in run]
     copies = [arguments for instruction, arguments in steps if instruction == "COPY"]

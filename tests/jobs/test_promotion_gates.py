@@ -31,6 +31,7 @@ from detrforge.registry.promotions import PromotionStore
 from fixtures_cluster import (
     DATA_ROOTS,
     ApiHarness,
+    describe_cluster,
     harness,
     make_settings,
     start_on_reserved_ports,
@@ -59,7 +60,9 @@ def _promote(
     assert promotion["state"] == "pending"
     deadline = time.monotonic() + timeout_s
     while promotion["state"] not in ("applied", "failed"):
-        assert time.monotonic() < deadline, f"promotion stuck: {promotion}"
+        assert time.monotonic() < deadline, (
+            f"promotion stuck: {promotion}; {describe_cluster(api.settings.ray_address)}"
+        )
         time.sleep(2.0)
         promotion = _call(api, "GET", f"/promotions/{promotion['id']}")
     return dict(promotion)
@@ -255,6 +258,101 @@ def test_paired_latency_gate_on_the_cpu_target(
     assert gate["candidate"] > gate["baseline"]
     assert slower["message"].startswith("refused: max_p95_ratio: ")
     assert _call(api, "GET", "/models/lat")["production_version"] == 2
+
+
+def _wait_job(api: ApiHarness, job_id: str, timeout_s: float = 600) -> dict[str, Any]:
+    job = wait_until(
+        lambda: _call(api, "GET", f"/jobs/{job_id}"),
+        until=lambda j: j["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"),
+        what=f"job {job_id} to end",
+        timeout_s=timeout_s,
+        every_s=2.0,
+    )
+    return dict(job)
+
+
+def test_a_promotion_gates_on_the_int8_artifact_that_ships(
+    cluster_api: ApiHarness, nano_checkpoint: Path, pseudo_labelled_dataset: Path
+) -> None:
+    """The policy ships onnx-int8 on cpu-1t. Before it is built the promotion fails saying how
+    to build it; `optimize` builds it on the target (timed against eager, scored on the pinned
+    set, stored by sha256); then the AP and latency gates on cpu-1t measure that artifact, and
+    the per-target production alias answers with it."""
+    api = cluster_api
+    _call(api, "POST", "/hardware-targets", CPU_TARGET)
+    _call(api, "POST", "/models", {"name": "int8"}, Role.operator)
+    version = _call(
+        api,
+        "POST",
+        "/models/int8/versions",
+        {"checkpoint": str(nano_checkpoint), "model_size": "nano", "resolution": 128},
+        Role.operator,
+    )
+    policy = {
+        "eval": {"dataset": str(pseudo_labelled_dataset), "split": "valid"},
+        "ap_floor": 0.0,
+        "targets": [{"target": "cpu-1t", "p95_sla_ms": 60000, "variant": "onnx-int8"}],
+        "benchmark_runs": 20,
+        "benchmark_warmup": 2,
+    }
+    _call(api, "PUT", "/models/int8/policy", policy)
+
+    unbuilt = _promote(api, "int8", 1)
+    assert unbuilt["state"] == "failed"
+    assert "v1 has no onnx-int8 variant, which the policy ships on cpu-1t" in unbuilt["message"]
+    assert "detrforge optimize int8 1 --target cpu-1t" in unbuilt["message"]
+
+    body = {"target": "cpu-1t", "variants": ["onnx-int8"], "runs": 10, "calibration_images": 4}
+    job = _call(api, "POST", "/models/int8/versions/1/optimize", body, Role.operator)
+    job = _wait_job(api, job["id"])
+    assert job["state"] == "SUCCEEDED", job.get("error")
+    [variant] = _call(api, "GET", "/models/int8/versions/1/variants")["items"]
+    metrics = variant["metrics"]
+    assert (variant["name"], variant["precision"], metrics["job_id"]) == (
+        "onnx-int8",
+        "int8",
+        job["id"],
+    )
+    assert variant["artifact_uri"].endswith(f"/variants/{variant['sha256']}")
+    assert variant["recipe"]["checkpoint_sha256"] == version["checkpoint_sha256"]
+    assert variant["recipe"]["calibration"]["num_images"] == 4
+    assert metrics["eager_ap"] > 0.5 and 0.0 <= metrics["ap"] <= 1.0
+    assert metrics["ap_change"] == pytest.approx(metrics["ap"] - metrics["eager_ap"])
+    speed = metrics["speedup_model_p95"]
+    assert 0 < speed["low"] <= speed["speedup"] <= speed["high"]
+    assert metrics["e2e_ms"]["p50"] <= metrics["e2e_ms"]["p95"] <= metrics["e2e_ms"]["p99"]
+
+    applied = _promote(api, "int8", 1)
+    assert applied["state"] == "applied", applied["message"]
+    shipped = {"variant": "onnx-int8", "sha256": variant["sha256"]}
+    by_gate = {(g["gate"], g["target"]): g for g in applied["gate_results"]}
+    floor = by_gate[("ap_floor", "cpu-1t")]
+    # The same bytes on the same pinned set: the gate's AP is the one optimize measured.
+    assert floor["candidate"] == pytest.approx(metrics["ap"], abs=1e-9)
+    assert floor["evidence"]["candidate"]["artifact"] == shipped
+    assert by_gate[("ap_floor", None)]["candidate"] == pytest.approx(metrics["eager_ap"], abs=1e-9)
+    assert "artifact" not in by_gate[("ap_floor", None)]["evidence"]["candidate"]
+    sla = by_gate[("p95_sla", "cpu-1t")]
+    assert sla["evidence"]["candidate"]["artifact"] == shipped
+    record = _call(api, "GET", "/benchmark-records?model_name=int8")["items"][0]
+    assert (record["job_id"], record["backend"]) == (
+        sla["evidence"]["candidate"]["job_id"],
+        "onnx-int8",
+    )
+    assert record["p95_ms"] == pytest.approx(sla["candidate"])
+
+    alias = _call(api, "GET", "/models/int8/aliases/production?target=cpu-1t")
+    assert (alias["version"], alias["variant"], alias["model_file"]) == (
+        1,
+        "onnx-int8",
+        "model.onnx",
+    )
+    assert (alias["artifact_uri"], alias["artifact_sha256"]) == (
+        variant["artifact_uri"],
+        variant["sha256"],
+    )
+    plain = _call(api, "GET", "/models/int8/aliases/production")
+    assert plain["artifact_sha256"] == version["checkpoint_sha256"] and plain["variant"] is None
 
 
 # -- crash safety -------------------------------------------------------------------------------

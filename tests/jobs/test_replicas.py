@@ -30,7 +30,13 @@ from detrforge.registry.jobs import JobStore
 from detrforge.registry.keys import KeyStore
 from detrforge.registry.leases import LeaseStore
 from detrforge.registry.promotions import PromotionStore
-from fixtures_cluster import DATA_ROOTS, make_settings, start_on_reserved_ports, wait_until
+from fixtures_cluster import (
+    DATA_ROOTS,
+    describe_cluster,
+    make_settings,
+    start_on_reserved_ports,
+    wait_until,
+)
 from fixtures_db import POSTGRES_URL_VARIABLE, _fresh_postgres_database
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -219,7 +225,10 @@ def test_a_replica_killed_mid_promotion_leaves_it_to_another(
     assert a.process.wait(timeout=30) == -signal.SIGKILL
 
     final = wait_until(
-        lambda: _settled(b, promotion_id), timeout_s=240, what="replica B to finish the promotion"
+        lambda: _settled(b, promotion_id),
+        timeout_s=240,
+        what="replica B to finish the promotion",
+        explain=lambda: describe_cluster(ray_head.dashboard_url),
     )
 
     assert final["state"] == "applied", final["message"]

@@ -196,7 +196,8 @@ def test_a_stored_model_size_is_checked_before_it_builds_a_request() -> None:
         as_model_size("huge")
     assert (caught.value.field, caught.value.message) == (
         "model_size",
-        "model_size: unknown model size 'huge'; choose from nano, small, medium, large",
+        "model_size: unknown model size 'huge'; choose from nano, small, medium, large, "
+        "seg-nano, seg-small, seg-medium, seg-large, seg-xlarge, seg-2xlarge",
     )
 
 
@@ -223,16 +224,16 @@ def test_segmentation_sizes_check_their_own_multiple(
     assert str(caught.value) == message
 
 
-def test_segmentation_defaults_are_valid_and_not_yet_trainable() -> None:
+def test_segmentation_defaults_are_valid() -> None:
     from detrforge.detector.specs import MODEL_SIZES, SEG_MODEL_SIZES
 
     for size, (default, _) in SEG_MODEL_SIZES.items():
         check_resolution(size, default)
     assert nearest_resolutions(2047, 24) == [2040]
-    # Jobs build MODEL_SIZES only: a seg size is refused at the edge until its fine-tune exists.
     assert not set(SEG_MODEL_SIZES) & set(MODEL_SIZES)
-    err = _error(model_size="seg-nano")
-    assert err.field == "model_size"
+    # A seg size's own default resolution, not the detection default (see test_seg_specs.py).
+    err = _error(model_size="seg-nano", resolution=390)
+    assert err.field == "resolution"
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from detrforge.control.jobs import JobService
 from detrforge.control.mirror import MlflowMirror
 from detrforge.control.promotion import PromotionService
 from detrforge.control.sweeps import SweepService
+from detrforge.control.variants import VariantService
 from detrforge.control.versions import VersionService
 from detrforge.platform.errors import PermissionDeniedError, UnauthenticatedError
 from detrforge.platform.settings import Settings
@@ -49,6 +50,7 @@ class Services:
     audit: AuditLog
     readiness: Readiness
     sweeps: SweepService
+    variants: VariantService
 
 
 async def get_services(request: Request) -> Services:

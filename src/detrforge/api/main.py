@@ -30,6 +30,7 @@ from detrforge.control.leases import PromotionLeases, replica_id
 from detrforge.control.mirror import MlflowMirror
 from detrforge.control.promotion import PromotionService
 from detrforge.control.sweeps import SweepService
+from detrforge.control.variants import VariantService
 from detrforge.control.versions import VersionService
 from detrforge.platform.cluster import ray_client_env
 from detrforge.platform.db import make_engine, make_session_factory, upgrade_database
@@ -46,6 +47,7 @@ from detrforge.registry.leases import LeaseStore
 from detrforge.registry.models import ModelStore
 from detrforge.registry.promotions import PromotionStore
 from detrforge.registry.targets import TargetStore
+from detrforge.registry.variants import VariantStore
 
 __all__ = ["build_services", "create_app", "job_env"]
 
@@ -65,6 +67,10 @@ _FORWARDED_ENV = (
 )
 
 
+# Memory-monitor kills a job's own Ray task survives before the job fails (see job_env).
+TASK_OOM_RETRIES = 3
+
+
 def job_env(settings: Settings) -> dict[str, str]:
     """The environment of every job: resolved settings, so the cluster sees what the API sees.
 
@@ -78,6 +84,10 @@ def job_env(settings: Settings) -> dict[str, str]:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
+        # A task Ray's memory monitor kills is retried without end by default: an evaluation
+        # that cannot fit would hold its promotion "running" forever. After this many kills the
+        # job fails with Ray's OutOfMemoryError, which names the node and its memory.
+        "RAY_task_oom_retries": str(TASK_OOM_RETRIES),
     }
     if artifact_root.startswith("file:"):
         env["DETRFORGE_HOME"] = str(settings.resolved_home())
@@ -148,14 +158,20 @@ def build_services(settings: Settings) -> Services:
         owner=replica_id(),
     )
     log.info("API replica %s (promotion leases of %g s)", leases.owner, leases.ttl_s)
+    variant_store = VariantStore(sessions)
     promotions = PromotionService(
         store=PromotionStore(sessions),
-        runner=JobEvidenceRunner(jobs=jobs, benchmarks=benchmarks),
+        runner=JobEvidenceRunner(jobs=jobs, benchmarks=benchmarks, variants=variant_store),
         mirror=mirror,
         leases=leases,
         failpoints=frozenset(f for f in settings.failpoints.split(",") if f),
     )
     sweeps = SweepService(jobs)
+    variants = VariantService(
+        store=variant_store, artifact_root=artifact_root, models=model_store, jobs=jobs
+    )
+    # An optimize job's variants are recorded on the version once it succeeds.
+    jobs.on_succeeded("optimize", variants.record_optimized)
     # A sweep's trials are benchmarked inside it; their records join the history when it ends.
     jobs.on_succeeded("sweep", sweeps.record_benchmarks)
     return Services(
@@ -176,6 +192,7 @@ def build_services(settings: Settings) -> Services:
             mirror=mirror,
         ),
         sweeps=sweeps,
+        variants=variants,
     )
 
 

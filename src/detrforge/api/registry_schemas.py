@@ -35,6 +35,8 @@ __all__ = [
     "RollbackCreate",
     "TrialRegister",
     "VersionCreate",
+    "VariantPublic",
+    "VariantsPublic",
     "VersionPublic",
     "VersionsPublic",
     "parse_policy",
@@ -219,3 +221,37 @@ class AuditEventsPublic(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class VariantPublic(_FromEntity):
+    """A built inference variant: where its artifact is, its sha256 and how it was built."""
+
+    model_name: str
+    version: int
+    name: str
+    runtime: str
+    precision: str
+    artifact_uri: str
+    model_file: str
+    sha256: str
+    size_bytes: int
+    build_seconds: float
+    recipe: dict[str, Any]
+    metrics: dict[str, Any]
+    created_by: str
+    created_at: datetime
+
+
+class VariantsPublic(BaseModel):
+    items: list[VariantPublic]
+
+
+class AliasPublic(VersionPublic):
+    """The version an alias points at, and the artifact to deploy from it: on a ``target`` whose
+    gate ships a variant, that variant's folder (``model_file`` in it); else the checkpoint."""
+
+    target: str | None
+    variant: str | None
+    artifact_uri: str
+    artifact_sha256: str
+    model_file: str | None

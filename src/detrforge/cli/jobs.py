@@ -60,6 +60,8 @@ def _progress_line(job: dict[str, Any]) -> str:
         parts.append(f"loss {p['loss']:.3f}")
     if "bbox/AP" in m:
         parts.append(f"val AP {m['bbox/AP']:.4f}")
+    if "segm/AP" in m:
+        parts.append(f"mask AP {m['segm/AP']:.4f}")
     if p.get("eta_s") is not None and job["state"] == "RUNNING":
         parts.append(f"ETA {p['eta_s']:.0f}s")
     return " | ".join(parts)
@@ -74,6 +76,9 @@ def _print_job(job: dict[str, Any], *, err: bool = False) -> None:
     echo(f"  checkpoint:  {job.get('checkpoint_uri')}")
     echo(f"  model:       {job.get('model_uri')}")
     echo(f"  sha256:      {job.get('model_sha256')}")
+    spec = job.get("spec") or {}
+    if spec.get("task"):
+        echo(f"  task:        {spec['task']} ({spec.get('model_size')})")
     metrics = job.get("metrics") or {}
     best, last = metrics.get("best/bbox/AP"), metrics.get("bbox/AP")
     if best is not None:
@@ -81,6 +86,13 @@ def _print_job(job: dict[str, Any], *, err: bool = False) -> None:
         echo(f"  val bbox/AP: {best:.4f} (the model's epoch {epoch}; last epoch {last:.4f})")
     else:
         echo(f"  val bbox/AP: {last if last is not None else 'n/a'}")
+    best_mask, last_mask = metrics.get("best/segm/AP"), metrics.get("segm/AP")
+    if best_mask is not None and last_mask is not None:
+        epoch = int(metrics.get("best/epoch", 0)) + 1
+        echo(
+            f"  val segm/AP: {best_mask:.4f} (the model's epoch {epoch}; "
+            f"last epoch {last_mask:.4f})"
+        )
     if job.get("error"):
         echo(f"  error:       {job['error']}")
 
@@ -100,7 +112,10 @@ def wait_for_job(client: ApiClient, job_id: str) -> dict[str, Any]:
 def finetune_submit(
     dataset: Annotated[str | None, typer.Option(help="Dataset folder or s3:// prefix.")] = None,
     spec_file: Annotated[Path | None, typer.Option(help="A JSON FinetuneSpec.")] = None,
-    model_size: Annotated[str | None, typer.Option(help="nano, small, medium, large")] = None,
+    model_size: Annotated[
+        str | None,
+        typer.Option(help="nano, small, medium, large; seg-nano ... seg-2xlarge segment (masks)"),
+    ] = None,
     resolution: int | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
@@ -253,6 +268,8 @@ def eval_run(
         typer.echo(f"{name:<12} {value if value is None else f'{value:.4f}'}")
     for row in result["per_class"]:
         typer.echo(f"  class {row['category_id']:>3} {row['name']:<16} AP {row['ap']}")
+    for name, value in (result.get("segm") or {}).get("stats", {}).items():
+        typer.echo(f"{name:<12} {value if value is None else f'{value:.4f}'}")
 
 
 @bench_app.command("run")
@@ -308,6 +325,9 @@ def bench_history(
             f"{r['resolution']:>4}px p50 {r['p50_ms']:.1f} p95 {r['p95_ms']:.1f} ms "
             f"torch {r['environment'].get('torch')} sha {r['checkpoint_sha256'][:12]}"
         )
+        if r.get("mask_p95_ms") is not None:
+            # A segmentation model: its mask decoding, timed apart from the model above.
+            line += f" | masks p50 {r['mask_p50_ms']:.1f} p95 {r['mask_p95_ms']:.1f} ms"
         if paired := r.get("paired"):
             # Figures of one paired run compare with each other, not with other rows' figures.
             base, p95 = paired["arms"]["baseline"], paired["ratio"]["p95"]

@@ -26,6 +26,7 @@ def install(app: typer.Typer) -> None:
     app.add_typer(models_app, name="models")
     app.add_typer(versions_app, name="versions")
     app.add_typer(policy_app, name="policy")
+    app.command("optimize")(optimize)
     app.command("promote")(promote)
     app.command("rollback")(rollback)
     app.command("audit")(audit)
@@ -131,6 +132,98 @@ def versions_show(model: str, version: int) -> None:
     _print_json(_client().call("GET", f"/api/v1/models/{model}/versions/{version}"))
 
 
+@versions_app.command("alias")
+def versions_alias(
+    model: str,
+    alias: Annotated[str, typer.Argument(help="production or staging")] = "production",
+    target: Annotated[
+        str | None, typer.Option(help="A target of the policy: what ships there.")
+    ] = None,
+) -> None:
+    """The version an alias points at and the artifact to deploy (URI and sha256)."""
+    params = {"target": target} if target else {}
+    v = _client().call("GET", f"/api/v1/models/{model}/aliases/{alias}", params=params)
+    what = f"variant {v['variant']} ({v['model_file']})" if v["variant"] else "checkpoint"
+    typer.echo(f"{model}@{alias}: v{v['version']}{' on ' + target if target else ''}: {what}")
+    typer.echo(f"  {v['artifact_uri']}")
+    typer.echo(f"  sha256 {v['artifact_sha256']}")
+
+
+def optimize(
+    model: str,
+    version: int,
+    target: Annotated[str, typer.Option(help="The hardware target to build and time on.")],
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(help="A variant to build (repeat); default: every one for the target."),
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="COCO set to score on; default: the pinned eval set.")
+    ] = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per arm (variant and eager).")] = 50,
+    calibration_images: Annotated[int, typer.Option(help="int8 calibration images.")] = 16,
+    ap_tolerance: Annotated[float, typer.Option(help="AP a variant may lose.")] = 0.005,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow to the table.")] = True,
+) -> None:
+    """Build a version's inference variants on a target, time each against eager and score each:
+    one table, the fastest variant within the AP tolerance marked."""
+    client = _client()
+    body: dict[str, Any] = {
+        "target": target,
+        "runs": runs,
+        "calibration_images": calibration_images,
+        "ap_tolerance": ap_tolerance,
+    }
+    if variant:
+        body["variants"] = variant
+    if dataset:
+        body["dataset"] = _absolute(dataset)
+    job = client.call("POST", f"/api/v1/models/{model}/versions/{version}/optimize", json=body)
+    typer.echo(f"optimize job {job['id']}: {model} v{version} on {target} ({job['state']})")
+    if not wait:
+        return
+    job = follow(
+        client,
+        f"/api/v1/jobs/{job['id']}",
+        done=lambda j: j["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"),
+        describe=lambda j: str(j["state"]),
+        err=True,
+    )
+    if job["state"] != "SUCCEEDED":
+        _fail(f"optimize job {job['id']} ended {job['state']}: {job.get('error')}", 1)
+    variants = client.call("GET", f"/api/v1/models/{model}/versions/{version}/variants")
+    rows = [v for v in variants["items"] if v["metrics"].get("job_id") == job["id"]]
+    for line in variant_table(rows):
+        typer.echo(line)
+
+
+def variant_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The optimize table: one line per variant; ``*`` marks the fastest within tolerance."""
+    if not rows:
+        return ["no variant was built"]
+    eager = rows[0]["metrics"]
+    lines = [
+        f"  {'variant':<15}{'e2e p50':>8}{'p95':>8}{'p99':>8}{'model p95':>10}"
+        f"{'speedup p95: e2e, model [CI]':>31}{'AP':>8}{'dAP':>8}{'MiB':>7}{'build s':>8}",
+        f"  {'eager':<15}{'':>8}{eager['eager_e2e_ms']['p95']:8.1f}{'':>8}{'':>10}{'1.00x':>31}"
+        f"{eager['eager_ap']:8.4f}",
+    ]
+    for row in rows:
+        m = row["metrics"]
+        e2e, speed = m["e2e_ms"], m["speedup_model_p95"]
+        speedup = (
+            f"{m['speedup_e2e_p95']:.2f}x, "
+            f"{speed['speedup']:.2f}x [{speed['low']:.2f}, {speed['high']:.2f}]"
+        )
+        mark = "*" if m.get("best") else " "
+        lines.append(
+            f"{mark} {row['name']:<15}{e2e['p50']:8.1f}{e2e['p95']:8.1f}{e2e['p99']:8.1f}"
+            f"{m['model_ms']['p95']:10.1f}{speedup:>31}{m['ap']:8.4f}{m['ap_change']:+8.4f}"
+            f"{row['size_bytes'] / 2**20:7.1f}{row['build_seconds']:8.1f}"
+        )
+    return lines
+
+
 @policy_app.command("set")
 def policy_set(
     model: str,
@@ -139,7 +232,19 @@ def policy_set(
     eval_split: str = "valid",
     ap_floor: float | None = None,
     max_ap_drop: float | None = None,
-    target: Annotated[list[str] | None, typer.Option(help="TARGET[:ratio=R][:sla=MS]")] = None,
+    mask_ap_floor: Annotated[
+        float | None, typer.Option(help="Segmentation models: the lowest mask AP.")
+    ] = None,
+    max_mask_ap_drop: Annotated[
+        float | None, typer.Option(help="Segmentation models: the largest mask AP drop.")
+    ] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="TARGET[:ratio=R][:sla=MS][:ship=VARIANT] (ship: the variant that ships there, "
+            "e.g. onnx-int8; the gates measure it)"
+        ),
+    ] = None,
     benchmark_runs: Annotated[
         int | None,
         typer.Option(help="Timed runs per arm and round (default: what p95 needs, 292)."),
@@ -156,6 +261,8 @@ def policy_set(
         body = {
             "ap_floor": ap_floor,
             "max_ap_drop": max_ap_drop,
+            "mask_ap_floor": mask_ap_floor,
+            "max_mask_ap_drop": max_mask_ap_drop,
             "benchmark_runs": benchmark_runs,
             "latency_max_rounds": latency_max_rounds,
         }
@@ -170,11 +277,15 @@ def policy_set(
 def _target_gate(spec: str) -> dict[str, Any]:
     name, *checks = spec.split(":")
     gate: dict[str, Any] = {"target": name}
+    keys = {"ratio": "max_p95_ratio", "sla": "p95_sla_ms", "ship": "variant"}
     for check in checks:
         key, _, value = check.partition("=")
-        if key not in ("ratio", "sla"):
-            _fail(f"--target {spec!r}: use TARGET:ratio=1.2:sla=50", 2)
-        gate["max_p95_ratio" if key == "ratio" else "p95_sla_ms"] = float(value)
+        if key not in keys or not value:
+            _fail(f"--target {spec!r}: use TARGET:ratio=1.2:sla=50:ship=onnx-int8", 2)
+        try:
+            gate[keys[key]] = value if key == "ship" else float(value)
+        except ValueError:
+            _fail(f"--target {spec!r}: {key}={value!r} is not a number", 2)
     return gate
 
 

@@ -11,7 +11,7 @@ promotion state machine (``promotion.py``) decides what it needs and what the fi
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from detrforge.control.jobs import JobService
@@ -25,9 +25,10 @@ from detrforge.detector.specs import (
     BenchmarkRequest,
     EvaluateRequest,
     PairedBaseline,
+    VariantArtifact,
     as_model_size,
 )
-from detrforge.platform.errors import ClusterError, DetrforgeError
+from detrforge.platform.errors import ClusterError, DetrforgeError, NotFoundError
 from detrforge.platform.limits import MAX_PAGE_SIZE
 from detrforge.registry.benchmarks import BenchmarkStore
 from detrforge.registry.entities import (
@@ -37,7 +38,8 @@ from detrforge.registry.entities import (
     ModelVersion,
     SystemPrincipal,
 )
-from detrforge.registry.gates import AP_METRIC, GatePolicy
+from detrforge.registry.gates import AP_METRIC, MASK_AP_METRIC, GatePolicy
+from detrforge.registry.variants import VariantStore
 
 __all__ = ["JobEvidenceRunner"]
 
@@ -48,6 +50,8 @@ class JobEvidenceRunner:
 
     jobs: JobService
     benchmarks: BenchmarkStore
+    # The versions' built variants: what a target ships when the policy names one.
+    variants: VariantStore
 
     def start(
         self,
@@ -62,13 +66,19 @@ class JobEvidenceRunner:
         """Reuse a result that already answers ``need``, or submit the job that will as
         ``job_id`` (adopting the job if it was submitted already, by a replica that died)."""
         actor = SystemPrincipal(f"promotion:{promotion_id}")
+        shipped = policy.target(need.target).variant if need.target else None
+        # The candidate must have what the policy ships; production is measured as it has it
+        # (its checkpoint when it was promoted before the policy named a variant).
+        variant = self._variant(version, shipped, need, required=need.role == "candidate")
+        artifact = _artifact(variant)
+        baseline_variant: VariantArtifact | None = None  # a paired benchmark's other arm
         try:
             if need.kind == "evaluate":
                 if policy.eval is None:
                     raise EvidenceFailed("the policy needs AP but pins no eval set")
-                reused = self._reusable_evaluation(version, policy)
+                reused = self._reusable_evaluation(version, policy, variant)
                 if reused is not None:
-                    return _ap_result(need, version.version, reused, reused=True)
+                    return _ap_result(need, version.version, reused, reused=True, artifact=artifact)
                 evaluation = EvaluateRequest(
                     checkpoint=version.checkpoint_uri,
                     checkpoint_sha256=version.checkpoint_sha256,
@@ -78,11 +88,18 @@ class JobEvidenceRunner:
                     split=policy.eval.split,
                     backend=policy.eval.backend,
                 )
-                job = self.jobs.submit_evaluation(evaluation, principal=actor, job_id=job_id)
+                job = self.jobs.submit_evaluation(
+                    evaluation, principal=actor, job_id=job_id, variant=variant
+                )
             else:
                 assert need.target is not None
                 gate = policy.target(need.target)
                 paired = baseline is not None and gate.max_p95_ratio is not None
+                baseline_variant = (
+                    self._variant(baseline, shipped, need, required=False)
+                    if paired and baseline is not None
+                    else None
+                )
                 benchmark = BenchmarkRequest(
                     checkpoint=version.checkpoint_uri,
                     checkpoint_sha256=version.checkpoint_sha256,
@@ -98,14 +115,51 @@ class JobEvidenceRunner:
                     confidence=policy.latency_confidence,
                     max_rounds=policy.latency_max_rounds if paired else 1,
                 )
-                job = self.jobs.submit_benchmark(benchmark, principal=actor, job_id=job_id)
+                job = self.jobs.submit_benchmark(
+                    benchmark,
+                    principal=actor,
+                    job_id=job_id,
+                    variant=variant,
+                    baseline_variant=baseline_variant,
+                )
         except ClusterError as exc:
             raise ClusterBusy(exc.message) from None
         except DetrforgeError as exc:
             raise EvidenceFailed(
                 f"could not start the {need.describe(version.version)}: {exc.message}"
             ) from None
-        return EvidenceResult(need=need, version=version.version, state="submitted", job_id=job.id)
+        return EvidenceResult(
+            need=need,
+            version=version.version,
+            state="submitted",
+            job_id=job.id,
+            artifact=artifact,
+            baseline_artifact=_artifact(baseline_variant),
+        )
+
+    def _variant(
+        self, version: ModelVersion, name: str | None, need: EvidenceNeed, *, required: bool
+    ) -> VariantArtifact | None:
+        """The newest stored ``name`` variant of ``version`` (None for no name); a candidate
+        without it cannot be gated on it, production is then measured on its checkpoint."""
+        if name is None:
+            return None
+        try:
+            stored = self.variants.current_variant(version.model_name, version.version, name)
+        except NotFoundError:
+            if not required:
+                return None
+            raise EvidenceFailed(
+                f"v{version.version} has no {name} variant, which the policy ships on "
+                f"{need.target}; build it with `detrforge optimize {version.model_name} "
+                f"{version.version} --target {need.target}`, then promote again"
+            ) from None
+        return VariantArtifact(
+            name=stored.name,
+            uri=stored.artifact_uri,
+            model_file=stored.model_file,
+            sha256=stored.sha256,
+        )
 
     def read(self, result: EvidenceResult, *, policy: GatePolicy) -> EvidenceResult:
         """Reconcile the result's job: still running, or done with its figure."""
@@ -121,30 +175,34 @@ class JobEvidenceRunner:
                         f"{job.dataset_fingerprint}, pinned {pinned}); set the policy again "
                         "to accept the new set"
                     )
-                return _ap_result(result.need, result.version, job, reused=result.reused)
-            record = self.benchmarks.get_by_job(job.id)
-            if record is None:
-                raise EvidenceFailed(f"benchmark job {job.id} left no record")
-            return _p95_result(result.need, result.version, record, reused=result.reused)
+                done = _ap_result(result.need, result.version, job, reused=result.reused)
+            else:
+                record = self.benchmarks.get_by_job(job.id)
+                if record is None:
+                    raise EvidenceFailed(f"benchmark job {job.id} left no record")
+                done = _p95_result(result.need, result.version, record, reused=result.reused)
+            return replace(
+                done, artifact=result.artifact, baseline_artifact=result.baseline_artifact
+            )
         if job.is_terminal:
             raise EvidenceFailed(
                 f"the {result.need.kind} job {job.id} of v{result.version} ({result.need.role}) "
                 f"ended {job.state.value}: {job.error or 'no error recorded'}"
             )
-        return EvidenceResult(
-            need=result.need,
-            version=result.version,
-            state=job.state.value.lower(),
-            job_id=job.id,
-        )
+        return replace(result, state=job.state.value.lower(), job_id=job.id)
 
-    def _reusable_evaluation(self, version: ModelVersion, policy: GatePolicy) -> Job | None:
-        """A finished evaluation of the same bytes, size and resolution on the same pinned set."""
+    def _reusable_evaluation(
+        self, version: ModelVersion, policy: GatePolicy, variant: VariantArtifact | None
+    ) -> Job | None:
+        """A finished evaluation of the same bytes (checkpoint, and variant if any), size and
+        resolution on the same pinned set."""
         assert policy.eval is not None
         for job in self._succeeded("evaluate"):
             spec: dict[str, Any] = job.spec
+            measured = (spec.get("variant") or {}).get("sha256")
             if (
                 spec.get("checkpoint_sha256") == version.checkpoint_sha256
+                and measured == (variant.sha256 if variant else None)
                 # The same bytes at another resolution are another model: their AP differs.
                 and spec.get("resolution") == version.resolution
                 and spec.get("model_size") == version.model_size
@@ -153,6 +211,7 @@ class JobEvidenceRunner:
                 and spec.get("backend") == policy.eval.backend
                 and job.dataset_fingerprint == policy.eval.fingerprint
                 and AP_METRIC in job.metrics
+                and (MASK_AP_METRIC in job.metrics or not policy.needs_mask_ap)
             ):
                 return job
         return None
@@ -170,13 +229,27 @@ class JobEvidenceRunner:
                 return
 
 
-def _ap_result(need: EvidenceNeed, version: int, job: Job, *, reused: bool) -> EvidenceResult:
+def _artifact(variant: VariantArtifact | None) -> dict[str, str] | None:
+    """What the evidence cites of a measured variant."""
+    return None if variant is None else {"variant": variant.name, "sha256": variant.sha256}
+
+
+def _ap_result(
+    need: EvidenceNeed,
+    version: int,
+    job: Job,
+    *,
+    reused: bool,
+    artifact: dict[str, str] | None = None,
+) -> EvidenceResult:
     return EvidenceResult(
+        artifact=artifact,
         need=need,
         version=version,
         state="done",
         job_id=job.id,
         ap=float(job.metrics[AP_METRIC]),
+        mask_ap=float(job.metrics[MASK_AP_METRIC]) if MASK_AP_METRIC in job.metrics else None,
         mlflow_run_id=job.mlflow_run_id,
         reused=reused,
     )

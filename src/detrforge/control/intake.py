@@ -65,8 +65,12 @@ class Intake:
             raise InvalidSpecError(f"{field}: {uri} does not exist or is not a file", field=field)
         return source
 
-    def dataset(self, uri: str, *, field: str = "dataset") -> DatasetInfo:
+    def dataset(
+        self, uri: str, *, field: str = "dataset", require_masks: bool = False
+    ) -> DatasetInfo:
         """Bring the dataset here (s3:// is downloaded) and validate it; raises on any problem.
+
+        ``require_masks`` (a segmentation model's data) makes an object without a mask a problem.
 
         Raises:
             InvalidSpecError: the source policy refuses ``uri``, or nothing is there.
@@ -77,7 +81,9 @@ class Intake:
             local = fetch_local(source, self.cache_dir)
         except NotFoundError:
             raise InvalidSpecError(f"{field}: {uri} does not exist", field=field) from None
-        return require_valid_dataset(Path(local), max_annotation_bytes=self.max_annotation_bytes)
+        return require_valid_dataset(
+            Path(local), max_annotation_bytes=self.max_annotation_bytes, require_masks=require_masks
+        )
 
     def for_cluster(self, uri: str, info: DatasetInfo, *, field: str = "dataset") -> str:
         """What a job is sent for the dataset ``uri`` that :meth:`dataset` described as ``info``.

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from detrforge.control.intake import Intake
+from detrforge.control.job_records import benchmark_row, tracking_fields
 from detrforge.detector.data import DatasetInfo
+from detrforge.detector.optimize_specs import OptimizeSpec
 from detrforge.detector.specs import (
     BenchmarkRequest,
     BenchmarkSpec,
@@ -24,6 +26,7 @@ from detrforge.detector.specs import (
     EvaluateRequest,
     EvaluateSpec,
     FinetuneSpec,
+    VariantArtifact,
     parse_spec,
 )
 from detrforge.platform.blobs import blob_sha256
@@ -46,7 +49,7 @@ from detrforge.registry.entities import Job, JobState, Principal
 from detrforge.registry.jobs import JobStore
 from detrforge.registry.targets import TargetStore
 
-__all__ = ["FINETUNE_MODULE", "JobKind", "JobService", "measured_fields"]
+__all__ = ["FINETUNE_MODULE", "JobKind", "JobService"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ class JobKind(StrEnum):
     evaluate = "evaluate"
     benchmark = "benchmark"
     sweep = "sweep"
+    optimize = "optimize"
 
 
 FINETUNE_MODULE = "detrforge.jobs.finetune"
@@ -66,6 +70,7 @@ MODULES = {
     JobKind.evaluate: "detrforge.jobs.evaluate",
     JobKind.benchmark: "detrforge.jobs.benchmark",
     JobKind.sweep: "detrforge.jobs.sweep",
+    JobKind.optimize: "detrforge.jobs.optimize",
 }
 
 # Request fields that name the weights; JobService.weights turns them into a spec's fields.
@@ -76,13 +81,6 @@ _RAY_TO_STATE = {
     "SUCCEEDED": JobState.SUCCEEDED,
     "FAILED": JobState.FAILED,
     "STOPPED": JobState.CANCELLED,
-}
-_PROGRESS_KEYS = {
-    "progress/epoch": "epoch",
-    "progress/step": "step",
-    "progress/total_steps": "total_steps",
-    "progress/eta_s": "eta_s",
-    "train/loss_step": "loss",
 }
 
 
@@ -124,9 +122,11 @@ class JobService:
         self.succeeded_hooks[kind] = hook
 
     # -- intake + submit ----------------------------------------------------------------------
-    def intake_dataset(self, uri: str, *, field: str = "dataset") -> DatasetInfo:
+    def intake_dataset(
+        self, uri: str, *, field: str = "dataset", require_masks: bool = False
+    ) -> DatasetInfo:
         """The validated dataset at ``uri`` (see :meth:`Intake.dataset`)."""
-        return self.intake.dataset(uri, field=field)
+        return self.intake.dataset(uri, field=field, require_masks=require_masks)
 
     def require_file(self, uri: str, *, field: str) -> str:
         """The canonical form of the existing file ``uri`` (see :meth:`Intake.file`)."""
@@ -137,7 +137,7 @@ class JobService:
         if spec.pretrain_weights:
             self.require_file(spec.pretrain_weights, field="pretrain_weights")
         self._check_capacity(spec)
-        info = self.intake_dataset(spec.dataset)
+        info = self.intake_dataset(spec.dataset, require_masks=spec.segmentation)
         return self.submit("finetune", spec, principal=principal, dataset=info)
 
     def _check_capacity(self, spec: FinetuneSpec) -> None:
@@ -233,19 +233,36 @@ class JobService:
         return fields
 
     def submit_evaluation(
-        self, request: EvaluateRequest, *, principal: Principal, job_id: str = ""
+        self,
+        request: EvaluateRequest,
+        *,
+        principal: Principal,
+        job_id: str = "",
+        variant: VariantArtifact | None = None,
     ) -> Job:
-        """COCO AP of a checkpoint (or a fine-tune job's model) on a dataset split."""
+        """COCO AP of a checkpoint (or a fine-tune job's model) on a dataset split; of its
+        stored ``variant`` instead when the caller (a promotion's gate) names one."""
         options = request.model_dump(exclude=_CHOICE_FIELDS)
-        spec = parse_spec(EvaluateSpec, {**options, **self.weights(request)})
+        spec = parse_spec(
+            EvaluateSpec, {**options, **self.weights(request), **_variants(variant=variant)}
+        )
         self._check_checkpoint(spec.checkpoint, spec.checkpoint_sha256)
-        info = self.intake_dataset(spec.dataset)
+        # A segmentation model is scored on masks too: the split needs one on every object.
+        info = self.intake_dataset(spec.dataset, require_masks=spec.task == "segmentation")
         return self.submit("evaluate", spec, principal=principal, dataset=info, job_id=job_id)
 
     def submit_benchmark(
-        self, request: BenchmarkRequest, *, principal: Principal, job_id: str = ""
+        self,
+        request: BenchmarkRequest,
+        *,
+        principal: Principal,
+        job_id: str = "",
+        variant: VariantArtifact | None = None,
+        baseline_variant: VariantArtifact | None = None,
     ) -> Job:
-        """Latency of a checkpoint on a named target; refused at once if no node has it."""
+        """Latency of a checkpoint on a named target; refused at once if no node has it. The
+        caller (a promotion's gate) may name stored variants to time instead of the checkpoint
+        and of the baseline's."""
         target = self.targets.get(request.target)
         profile = {
             "backend": target.backend,
@@ -258,7 +275,12 @@ class JobService:
         options.update({k: v for k, v in profile.items() if options[k] is None})
         spec = parse_spec(
             BenchmarkSpec,
-            {**options, **self.weights(request), "target_resources": dict(target.resources)},
+            {
+                **options,
+                **self.weights(request),
+                "target_resources": dict(target.resources),
+                **_variants(variant=variant, baseline_variant=baseline_variant),
+            },
         )
         if spec.precision != "fp32":
             raise InvalidSpecError(
@@ -270,14 +292,26 @@ class JobService:
             self._check_checkpoint(arm.checkpoint, arm.checkpoint_sha256, at="baseline.")
         if spec.dataset:  # refused sources answer before the cluster is asked anything
             self.sources.check(spec.dataset, field="dataset")
+        self._require_target(spec)
+        dataset = self.intake_dataset(spec.dataset) if spec.dataset else None
+        return self.submit("benchmark", spec, principal=principal, dataset=dataset, job_id=job_id)
+
+    def submit_optimize(self, spec: OptimizeSpec, *, principal: Principal) -> Job:
+        """Build and measure variants on the spec's target; refused at once if no node has it."""
+        self._check_checkpoint(spec.checkpoint, spec.checkpoint_sha256)
+        self.sources.check(spec.dataset, field="dataset")
+        self._require_target(spec)
+        dataset = self.intake_dataset(spec.dataset)
+        return self.submit("optimize", spec, principal=principal, dataset=dataset)
+
+    def _require_target(self, spec: BenchmarkSpec | OptimizeSpec) -> None:
+        """Refuse a job on a hardware target no alive node offers (Ray would wait forever)."""
         require_resources(
             self.launcher.node_resources(),
             {"CPU": float(spec.num_threads or 1), **spec.target_resources},
-            what=f"hardware target {target.name!r}",
+            what=f"hardware target {spec.target!r}",
             field="target",
         )
-        dataset = self.intake_dataset(spec.dataset) if spec.dataset else None
-        return self.submit("benchmark", spec, principal=principal, dataset=dataset, job_id=job_id)
 
     def _check_checkpoint(self, uri: str, sha256: str | None, *, at: str = "") -> None:
         self.require_file(uri, field=f"{at}checkpoint")
@@ -344,33 +378,9 @@ class JobService:
 
     def record_benchmark(self, job: Job, run_id: str | None) -> None:
         """Append the benchmark's result to the history (idempotent per job)."""
-
-        if run_id is None:
-            return
-        out = self.tracker.read_json_artifact(run_id, "benchmark/record.json")
-        spec = BenchmarkSpec.model_validate(job.spec)
-        self.benchmarks.add(
-            {
-                "job_id": job.id,
-                "checkpoint_uri": spec.checkpoint,
-                "checkpoint_sha256": out["checkpoint_sha256"],
-                "model_size": spec.model_size,
-                "target": spec.target,
-                "target_resources": spec.target_resources,
-                "node_id": out["node_id"],
-                "backend": spec.backend,
-                "precision": spec.precision,
-                "resolution": spec.resolution,
-                "batch_size": spec.batch_size,
-                "warmup": spec.warmup,
-                "runs": spec.runs,
-                **measured_fields(out),
-                "mlflow_run_id": run_id,
-                "dataset_fingerprint": out["dataset_fingerprint"],
-                "model_name": spec.model_name,
-                "model_version": spec.model_version,
-            }
-        )
+        if run_id is not None:
+            out = self.tracker.read_json_artifact(run_id, "benchmark/record.json")
+            self.benchmarks.add(benchmark_row(job, run_id, out))
 
     def reconcile_all(self) -> int:
         """Reconcile every non-terminal job; returns how many were looked at."""
@@ -398,27 +408,7 @@ class JobService:
         run_id = job.mlflow_run_id or self.tracker.find_job_run(job.id)
         if run_id is None:
             return {}
-        summary = self.tracker.summary(run_id)
-        progress = {
-            dst: summary.metrics[src]
-            for src, dst in _PROGRESS_KEYS.items()
-            if src in summary.metrics
-        }
-        metrics = {
-            k: v
-            for k, v in summary.metrics.items()
-            if not k.startswith(("progress/", "attempt/", "checkpoint/"))
-        }
-        fields: dict[str, Any] = {"mlflow_run_id": run_id, "progress": progress, "metrics": metrics}
-        if Tag.MODEL_URI in summary.tags:
-            fields["model_uri"] = summary.tags[Tag.MODEL_URI]
-            fields["model_sha256"] = summary.tags.get(Tag.MODEL_SHA256)
-        checkpoints = self.checkpoints(job.id)
-        if checkpoints:
-            fields["checkpoint_uri"] = checkpoints[-1]
-        if Tag.ERROR in summary.tags:
-            fields["_run_error"] = summary.tags[Tag.ERROR]
-        return fields
+        return tracking_fields(self.tracker.summary(run_id), self.checkpoints(job.id))
 
     def _unschedulable(self, job: Job, fields: dict[str, Any]) -> bool:
         started = fields.get("started_at") or job.started_at
@@ -450,6 +440,11 @@ class JobService:
         result["eval_fingerprint"] = self.tracker.summary(job.mlflow_run_id).tags.get(
             Tag.EVAL_FINGERPRINT
         )
+        if "segm/AP" in job.metrics:
+            # A segmentation model's mask AP, from the same predictions, with its own table.
+            result["segm"] = self.tracker.read_json_artifact(
+                job.mlflow_run_id, "eval/per_class_segm.json"
+            )
         return result
 
     # -- logs -----------------------------------------------------------------------------------
@@ -470,27 +465,9 @@ class JobService:
             yield chunk
 
 
-def measured_fields(out: dict[str, Any]) -> dict[str, Any]:
-    """The measured part of a benchmark history row, from a ``benchmark/record.json``."""
-    e2e, model = out["end_to_end"], out["model_only"]
-    return {
-        "threads": out["threads"],
-        "device": out["device"],
-        "p50_ms": model["p50"],
-        "p95_ms": model["p95"],
-        "p99_ms": model["p99"],
-        "mean_ms": model["mean"],
-        "std_ms": model["std"],
-        "min_ms": model["min"],
-        "max_ms": model["max"],
-        "e2e_p50_ms": e2e["p50"],
-        "e2e_p95_ms": e2e["p95"],
-        "e2e_p99_ms": e2e["p99"],
-        "images_per_s": out["images_per_s"],
-        "environment": out["environment"],
-        "paired": out.get("paired"),  # absent from records of earlier versions
-        "node_load": out.get("node_load"),
-    }
+def _variants(**variants: VariantArtifact | None) -> dict[str, Any]:
+    """Spec fields for the variants a caller names (none when it names none)."""
+    return {key: value.model_dump() for key, value in variants.items() if value is not None}
 
 
 def _now() -> datetime:

@@ -36,7 +36,8 @@ EvidenceKind = Literal["evaluate", "benchmark"]
 @dataclass(frozen=True, slots=True)
 class EvidenceNeed:
     """One piece of evidence a gate reads: the ``kind`` of job, for whose version, on which
-    hardware ``target`` (benchmarks only)."""
+    hardware ``target``. An evaluation with a target scores the variant the policy ships there;
+    one without scores the checkpoint."""
 
     role: EvidenceRole
     kind: EvidenceKind
@@ -52,7 +53,8 @@ class EvidenceNeed:
 class EvidenceResult:
     """Where a need stands: ``submitting`` (its job id recorded, the job maybe not submitted
     yet), ``submitted`` (or the job's state, lowercased) with its job id, or ``done`` with the
-    figure (``ap`` or ``p95_ms``) and where it came from.
+    figure (``ap`` and, for a segmentation model, ``mask_ap``; or ``p95_ms``) and where it came
+    from.
 
     ``to_json``/``from_json`` keep the shape stored in the promotion's ``evidence`` column.
     """
@@ -62,6 +64,7 @@ class EvidenceResult:
     state: str
     job_id: str | None = None
     ap: float | None = None
+    mask_ap: float | None = None
     p95_ms: float | None = None
     record_id: str | None = None
     mlflow_run_id: str | None = None
@@ -69,6 +72,10 @@ class EvidenceResult:
     reused: bool = False
     # A paired benchmark's summary (both arms, ratios with intervals, verdict, node load).
     paired: dict[str, Any] | None = None
+    # The stored variants measured instead of the checkpoints ({"variant", "sha256"}): the
+    # version's own, and a paired benchmark's baseline arm's.
+    artifact: dict[str, str] | None = None
+    baseline_artifact: dict[str, str] | None = None
 
     @property
     def done(self) -> bool:
@@ -81,8 +88,14 @@ class EvidenceResult:
         item["version"] = self.version
         item["job_id"] = self.job_id
         item["state"] = self.state
+        if self.artifact is not None:
+            item["artifact"] = self.artifact
+        if self.baseline_artifact is not None:
+            item["baseline_artifact"] = self.baseline_artifact
         if self.done and self.need.kind == "evaluate":
             item.update(ap=self.ap, mlflow_run_id=self.mlflow_run_id)
+            if self.mask_ap is not None:
+                item["mask_ap"] = self.mask_ap
         elif self.done:
             item.update(
                 record_id=self.record_id,
@@ -98,24 +111,36 @@ class EvidenceResult:
 
     @classmethod
     def from_json(cls, item: Mapping[str, Any]) -> EvidenceResult:
-        ap, p95 = item.get("ap"), item.get("p95_ms")
+        ap, p95, mask_ap = item.get("ap"), item.get("p95_ms"), item.get("mask_ap")
         return cls(
             need=EvidenceNeed(role=item["role"], kind=item["kind"], target=item.get("target")),
             version=int(item["version"]),
             state=str(item["state"]),
             job_id=item.get("job_id"),
             ap=float(ap) if ap is not None else None,
+            mask_ap=float(mask_ap) if mask_ap is not None else None,
             p95_ms=float(p95) if p95 is not None else None,
             record_id=item.get("record_id"),
             mlflow_run_id=item.get("mlflow_run_id"),
             node_id=item.get("node_id"),
             reused=bool(item.get("reused", False)),
             paired=item.get("paired"),
+            artifact=item.get("artifact"),
+            baseline_artifact=item.get("baseline_artifact"),
         )
 
     def source(self) -> dict[str, Any]:
         """What a gate result cites as its evidence (ids, never figures)."""
-        keys = ("version", "job_id", "mlflow_run_id", "record_id", "node_id", "reused")
+        keys = (
+            "version",
+            "job_id",
+            "mlflow_run_id",
+            "record_id",
+            "node_id",
+            "reused",
+            "artifact",
+            "baseline_artifact",
+        )
         item = self.to_json()
         return {key: item[key] for key in keys if key in item}
 
@@ -184,9 +209,12 @@ def plan(
     """
     needs: list[EvidenceNeed] = []
     if policy.needs_ap:
-        needs.append(EvidenceNeed("candidate", "evaluate"))
-        if baseline is not None and policy.max_ap_drop is not None:
-            needs.append(EvidenceNeed("baseline", "evaluate"))
+        # The checkpoint's AP, then that of each variant a target ships (the same AP gates).
+        shipped = [gate.target for gate in policy.targets if gate.variant is not None]
+        for target in (None, *shipped):
+            needs.append(EvidenceNeed("candidate", "evaluate", target))
+            if baseline is not None and policy.compares_ap:
+                needs.append(EvidenceNeed("baseline", "evaluate", target))
     gathered = {item.need for item in evidence}
     evaluated = all(need in gathered for need in needs) and all(
         item.done for item in evidence if item.need.kind == "evaluate"
@@ -201,10 +229,18 @@ def evidence_for(
 ) -> Evidence:
     ap_item = find(items, role, "evaluate")
     benchmarks = [i for i in items if i.need.role == role and i.need.kind == "benchmark"]
+    shipped = [
+        i for i in items if i.need.role == role and i.need.kind == "evaluate" and i.need.target
+    ]
     return Evidence(
         version=version.version,
         ap=ap_item.ap if ap_item else None,
+        mask_ap=ap_item.mask_ap if ap_item else None,
         ap_evidence=ap_item.source() if ap_item else {},
+        variant_ap={
+            str(i.need.target): i.ap if i.ap is not None else float("nan") for i in shipped
+        },
+        variant_ap_evidence={str(i.need.target): i.source() for i in shipped},
         p95_ms={
             str(i.need.target): i.p95_ms if i.p95_ms is not None else float("nan")
             for i in benchmarks

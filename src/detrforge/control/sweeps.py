@@ -14,10 +14,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from detrforge.control.jobs import JobService, measured_fields
+from detrforge.control.job_records import measured_fields
+from detrforge.control.jobs import JobService
 from detrforge.control.versions import VersionSource
 from detrforge.detector.specs import parse_spec
-from detrforge.detector.sweep_specs import SweepRequest, SweepSpec
+from detrforge.detector.sweep_specs import SweepRequest, SweepSpec, ranking_metric
 from detrforge.platform.errors import ConflictError, InvalidSpecError, NotFoundError
 from detrforge.platform.launcher import require_resources
 from detrforge.platform.tags import Tag
@@ -101,6 +102,7 @@ class SweepService:
             filter_string=f"tags.`{Tag.SWEEP_JOB_ID}` = '{job.id}'",
             max_results=1000,
         )
+        metric = ranking_metric(job.spec)
         out = []
         for run in runs:
             tags, metrics = run.data.tags, run.data.metrics
@@ -116,8 +118,8 @@ class SweepService:
                     "resolution": _int(tags.get(Tag.RESOLUTION)),
                     "params": json.loads(tags.get(Tag.SEARCHED, "{}")),
                     "epochs": int(metrics["epoch"]) + 1 if "epoch" in metrics else 0,
-                    "ap": metrics.get("bbox/AP"),
-                    "best_ap": metrics.get("best/bbox/AP"),
+                    "ap": metrics.get(metric),
+                    "best_ap": metrics.get(f"best/{metric}"),
                     "p95_ms": metrics.get("latency_ms/p95"),
                     "p50_ms": metrics.get("latency_ms/p50"),
                     "checkpoint_uri": tags.get(Tag.CHECKPOINT_URI),

@@ -14,7 +14,8 @@ from typing import Any
 
 from detrforge.control.jobs import JobService
 from detrforge.control.mirror import MlflowMirror
-from detrforge.detector.specs import MODEL_SIZES, check_resolution
+from detrforge.control.variants import check_shipped
+from detrforge.detector.specs import as_model_size, check_resolution, default_resolution
 from detrforge.platform.checkpoints import staged_checkpoint
 from detrforge.platform.errors import IntegrityError, InvalidSpecError, NotFoundError
 from detrforge.platform.sources import SourcePolicy
@@ -93,17 +94,22 @@ class VersionService:
     ) -> RegisteredModel:
         """Store a gate policy; its targets must exist and its eval set's fingerprint is pinned."""
         self.store.get_model(name)
-        for gate in policy.targets:
+        for i, gate in enumerate(policy.targets):
             try:
-                self.jobs.targets.get(gate.target)
+                target = self.jobs.targets.get(gate.target)
             except NotFoundError:
                 raise InvalidSpecError(
                     f"targets: hardware target {gate.target!r} does not exist; create it with "
                     "`detrforge bench targets create` first",
                     field="targets",
                 ) from None
+            if gate.variant is not None:
+                check_shipped(gate.variant, target.resources, field=f"targets.{i}.variant")
         if policy.eval is not None:
-            info = self.jobs.intake_dataset(policy.eval.dataset, field="eval.dataset")
+            # Mask gates score masks: every object of the pinned set needs one.
+            info = self.jobs.intake_dataset(
+                policy.eval.dataset, field="eval.dataset", require_masks=policy.needs_mask_ap
+            )
             pinned = policy.eval.model_copy(update={"fingerprint": info.fingerprint})
             policy = policy.model_copy(update={"eval": pinned})
         return self.store.set_policy(
@@ -199,13 +205,8 @@ class VersionService:
                 "s3:// URI)",
                 field="checkpoint",
             )
-        size = request.model_size or "nano"
-        if size not in MODEL_SIZES:
-            raise InvalidSpecError(
-                f"unknown model size {size!r}; choose one of {sorted(MODEL_SIZES)}",
-                field="model_size",
-            )
-        resolution = request.resolution or MODEL_SIZES[size][0]
+        size = as_model_size(request.model_size or "nano")
+        resolution = request.resolution or default_resolution(size)
         try:
             check_resolution(size, resolution)
         except ValueError as exc:

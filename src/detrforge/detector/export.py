@@ -4,7 +4,8 @@ rfdetr's exporter (``RFDETR.export(format="onnx")``) works offline on CPU: it fr
 position embeddings to the export shape, switches the module to its tuple-returning export forward
 and traces with the legacy ``torch.onnx.export`` (not dynamo). The graph has one input ``input``
 [1, 3, res, res] and two outputs: ``dets`` (normalised cxcywh boxes [1, Q, 4]) and ``labels``
-(class logits [1, Q, C + 1]); top-k and box scaling stay outside the graph.
+(class logits [1, Q, C + 1]); a segmentation model's (``seg-*`` sizes) has a third, ``masks``
+(mask logits [1, Q, res / 4, res / 4]). Top-k, box scaling and mask upsampling stay outside it.
 """
 
 from __future__ import annotations
@@ -32,22 +33,31 @@ MIN_OPSET = 16
 
 @dataclass(frozen=True)
 class ExportResult:
-    """An exported ``.onnx``: where, its sha256 and size, the ai.onnx opset, export wall time."""
+    """An exported ``.onnx``: where, its sha256 and size, the ai.onnx opset, export wall time, and
+    the graph's output names (``dets``, ``labels`` and, with a mask head, ``masks``)."""
 
     path: Path
     sha256: str
     size_bytes: int
     opset: int
     export_seconds: float
+    outputs: tuple[str, ...] = ("dets", "labels")
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether the graph gives mask logits (a segmentation model's export)."""
+        return "masks" in self.outputs
 
 
-def _graph_opset(path: Path) -> int:
+def _graph_facts(path: Path) -> tuple[int, tuple[str, ...]]:
+    """The graph's ai.onnx opset and its output names."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
+    outputs = tuple(output.name for output in model.graph.output)
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
+            return int(entry.version), outputs
     raise InvalidSpecError(f"{path} declares no ai.onnx opset", field="onnx_path")
 
 
@@ -56,6 +66,7 @@ def export_onnx(
 ) -> ExportResult:
     """Export ``checkpoint`` at a fixed [1, 3, resolution, resolution] input to ``out`` (.onnx).
 
+    A segmentation size's graph also outputs ``masks`` (the result's ``has_masks``).
     ``export_seconds`` covers rfdetr's export (graph preparation, a sanity forward pass and the
     trace), not loading the checkpoint. ``out`` is replaced atomically.
 
@@ -92,19 +103,22 @@ def export_onnx(
         os.replace(written, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    opset_found, outputs = _graph_facts(out)
     return ExportResult(
         path=out,
         sha256=sha256_file(out),
         size_bytes=out.stat().st_size,
-        opset=_graph_opset(out),
+        opset=opset_found,
         export_seconds=seconds,
+        outputs=outputs,
     )
 
 
 def compare_outputs(
     checkpoint: Path, onnx_path: Path, size: str, resolution: int, *, seed: int = 0
 ) -> dict[str, float]:
-    """Max |torch eager - ONNX Runtime (CPU)| of boxes and logits on one seeded input.
+    """Max |torch eager - ONNX Runtime (CPU)| of boxes and logits (and mask logits, from a
+    segmentation model: ``max_abs_diff_masks``) on one seeded input.
 
     The input is standard-normal noise of the model's input shape: what a normalised image looks
     like to the network, without depending on any data.
@@ -118,19 +132,30 @@ def compare_outputs(
     batch = batch.astype(np.float32)
     with torch.inference_mode():
         outputs = model(torch.from_numpy(batch))
-        torch_boxes = outputs["pred_boxes"].float().numpy()
-        torch_logits = outputs["pred_logits"].float().numpy()
+    names = {"dets": "pred_boxes", "labels": "pred_logits"}
+    if outputs.get("pred_masks") is not None:
+        names["masks"] = "pred_masks"
+    expected = {name: outputs[key].float().numpy() for name, key in names.items()}
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
-    onnx_boxes, onnx_logits = session.run(["dets", "labels"], {input_name: batch})
-    if np.shape(onnx_boxes) != torch_boxes.shape or np.shape(onnx_logits) != torch_logits.shape:
+    graph_outputs = [o.name for o in session.get_outputs()]
+    if "masks" in names and "masks" not in graph_outputs:
         raise InvalidSpecError(
-            f"{onnx_path} outputs {np.shape(onnx_boxes)}, {np.shape(onnx_logits)} but the "
-            f"checkpoint gives {torch_boxes.shape}, {torch_logits.shape}; export it from this "
-            "checkpoint at this resolution",
+            f"{onnx_path} has outputs {graph_outputs} but {size} has a mask head; export it from "
+            "this checkpoint",
             field="onnx_path",
         )
+    got = dict(zip(names, session.run(list(names), {input_name: batch}), strict=True))
+    shapes = {name: np.shape(value) for name, value in got.items()}
+    wanted = {name: value.shape for name, value in expected.items()}
+    if shapes != wanted:
+        raise InvalidSpecError(
+            f"{onnx_path} outputs {shapes} but the checkpoint gives {wanted}; export it from "
+            "this checkpoint at this resolution",
+            field="onnx_path",
+        )
+    suffix = {"dets": "boxes", "labels": "logits", "masks": "masks"}
     return {
-        "max_abs_diff_boxes": float(np.max(np.abs(onnx_boxes - torch_boxes))),
-        "max_abs_diff_logits": float(np.max(np.abs(onnx_logits - torch_logits))),
+        f"max_abs_diff_{suffix[name]}": float(np.max(np.abs(got[name] - expected[name])))
+        for name in names
     }

@@ -1,4 +1,5 @@
-"""Running a predictor over a dataset split: COCO result dicts and their bbox AP."""
+"""Running a predictor over a dataset split: COCO result dicts and their bbox AP (and, for a
+segmentation model, their mask AP: ``segm/*``)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from PIL import Image
 from detrforge.detector.data import category_id_of, rfdetr_categories
 from detrforge.detector.dataset_checks import ANNOTATION_FILE, SPLITS
 from detrforge.detector.evaluation import BACKENDS, EvalResult, evaluate_coco, predictions_to_coco
+from detrforge.detector.masks import mask_predictions_to_coco
 from detrforge.detector.predictor import Predictor
 from detrforge.platform.errors import InvalidDatasetError, InvalidSpecError
 
-__all__ = ["evaluate_checkpoint", "label2cat_for", "predict_split"]
+__all__ = ["evaluate_checkpoint", "evaluate_predictor", "label2cat_for", "predict_split"]
 
 
 def _load_annotations(path: Path) -> dict[str, Any]:
@@ -91,7 +93,22 @@ def predict_split(
                 raise InvalidDatasetError(
                     f"{path} could not be read as an image ({e})", field="images"
                 ) from None
-        for entry, det in zip(chunk, predictor.predict(pil_images), strict=True):
+        predictions = predictor.predict(pil_images)
+        for entry, rgb, det in zip(chunk, pil_images, predictions, strict=True):
+            if det.masks is not None:
+                # One result per detection with its box and its mask: both evaluations read it.
+                results.extend(
+                    mask_predictions_to_coco(
+                        int(entry["id"]),
+                        det.masks,
+                        det.scores,
+                        det.labels,
+                        label2cat,
+                        image_size=(rgb.height, rgb.width),
+                        boxes_xyxy=det.boxes_xyxy,
+                    )
+                )
+                continue
             results.extend(
                 predictions_to_coco(
                     int(entry["id"]), det.boxes_xyxy, det.scores, det.labels, label2cat
@@ -116,3 +133,31 @@ def evaluate_checkpoint(
         )
     detections = predict_split(predictor, dataset_dir, split, batch_size=batch_size)
     return evaluate_coco(_split_file(dataset_dir, split), detections, backend=backend)
+
+
+def evaluate_predictor(
+    predictor: Predictor[Any],
+    dataset_dir: Path,
+    split: str,
+    *,
+    backend: str = "faster",
+    batch_size: int = 1,
+) -> list[EvalResult]:
+    """COCO bbox AP of ``predictor`` on ``split`` and, when it has a mask head, mask AP (``segm``)
+    of the same predictions: one result per IoU type, bbox first.
+
+    Raises:
+        InvalidDatasetError: for masks, a split object without one (or a malformed one).
+    """
+    if backend not in BACKENDS:
+        raise InvalidSpecError(
+            f"unknown evaluation backend {backend!r}; choose one of {list(BACKENDS)}",
+            field="backend",
+        )
+    detections = predict_split(predictor, dataset_dir, split, batch_size=batch_size)
+    ann_file = _split_file(dataset_dir, split)
+    iou_types = ("bbox", "segm") if predictor.has_masks else ("bbox",)
+    return [
+        evaluate_coco(ann_file, detections, backend=backend, iou_type=iou_type)
+        for iou_type in iou_types
+    ]

@@ -4,7 +4,9 @@ One timed run processes one batch and records two intervals on ``time.perf_count
 
 - end-to-end: decode the encoded image bytes (PNG by default) from memory with PIL, preprocess,
   forward, postprocess to host numpy detections;
-- model-only: the forward pass alone, inside the same run.
+- model-only: the forward pass alone, inside the same run;
+- masks (segmentation models only): decoding the kept detections' masks, i.e. upsampling each
+  mask to the image size and thresholding it, after the box postprocess, inside the same run.
 
 On CUDA the predictor synchronizes the device before each clock read, so asynchronous kernels are
 charged to the interval that queued them (this also stops preprocessing from overlapping the
@@ -19,7 +21,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -28,6 +30,7 @@ from detrforge.detector.predictor import Predictor
 from detrforge.platform.errors import InvalidSpecError
 
 __all__ = [
+    "BatchTimes",
     "LatencyReport",
     "LatencyStats",
     "check_counts",
@@ -89,7 +92,11 @@ class LatencyStats:
 
 @dataclass(frozen=True)
 class LatencyReport:
-    """What :func:`measure_latency` measured, with the raw samples kept for history."""
+    """What :func:`measure_latency` measured, with the raw samples kept for history.
+
+    ``masks`` (and ``samples_mask_ms``): a segmentation model's mask decoding, part of end to end
+    and not of model-only; None for a detection model.
+    """
 
     model_only: LatencyStats
     end_to_end: LatencyStats
@@ -102,15 +109,21 @@ class LatencyReport:
     batch_size: int
     warmup: int
     runs: int
+    masks: LatencyStats | None = None
+    samples_mask_ms: list[float] | None = None
 
     def to_metrics(self) -> dict[str, float]:
-        """End-to-end figures under the project's metric names (``latency_ms/p95`` ...)."""
-        return {
+        """End-to-end figures under the project's metric names (``latency_ms/p95`` ...), and
+        mask decoding's under ``mask_ms/`` when there is a mask head."""
+        metrics = {
             "latency_ms/p50": self.end_to_end.p50,
             "latency_ms/p95": self.end_to_end.p95,
             "latency_ms/p99": self.end_to_end.p99,
             "throughput/img_s": self.images_per_s,
         }
+        if self.masks is not None:
+            metrics.update({f"mask_ms/p{q}": getattr(self.masks, f"p{q}") for q in (50, 95, 99)})
+        return metrics
 
 
 def encode_images(images: Sequence[Image.Image], image_format: str = "PNG") -> list[bytes]:
@@ -161,14 +174,25 @@ def measure_latency(
     encoded = encode_images(images, image_format)
     model_ms: list[float] = []
     e2e_ms: list[float] = []
+    mask_ms: list[float] = []
     for run in range(warmup + runs):
-        model, e2e = time_batch(predictor, encoded, run * batch_size, batch_size)
+        times = time_batch(predictor, encoded, run * batch_size, batch_size)
         if run >= warmup:
-            model_ms.append(model)
-            e2e_ms.append(e2e)
+            model_ms.append(times.model)
+            e2e_ms.append(times.e2e)
+            if times.masks is not None:
+                mask_ms.append(times.masks)
         if inter_run_sleep_ms:
             time.sleep(inter_run_sleep_ms / 1000.0)
-    return make_report(predictor, model_ms, e2e_ms, batch_size=batch_size, warmup=warmup, runs=runs)
+    return make_report(
+        predictor,
+        model_ms,
+        e2e_ms,
+        mask_ms=mask_ms or None,
+        batch_size=batch_size,
+        warmup=warmup,
+        runs=runs,
+    )
 
 
 def check_counts(*, warmup: int, runs: int, batch_size: int) -> None:
@@ -182,11 +206,19 @@ def check_counts(*, warmup: int, runs: int, batch_size: int) -> None:
             raise InvalidSpecError(f"{name} must be >= {minimum}, got {value}", field=name)
 
 
+class BatchTimes(NamedTuple):
+    """One timed run's intervals in milliseconds; ``masks`` is None without a mask head."""
+
+    model: float
+    e2e: float
+    masks: float | None = None
+
+
 def time_batch(
     predictor: Predictor[Any], encoded: Sequence[bytes], start: int, batch_size: int
-) -> tuple[float, float]:
-    """One timed run of ``batch_size`` images from ``encoded[start:]`` (cycling): its model-only
-    and end-to-end milliseconds."""
+) -> BatchTimes:
+    """One timed run of ``batch_size`` images from ``encoded[start:]`` (cycling): its model-only,
+    end-to-end and (segmentation) mask-decoding milliseconds."""
     clock = time.perf_counter_ns
     batch_bytes = [encoded[(start + j) % len(encoded)] for j in range(batch_size)]
     predictor.synchronize()
@@ -198,12 +230,20 @@ def time_batch(
     raw = predictor.forward(batch)
     predictor.synchronize()
     t2 = clock()
-    detections = predictor.postprocess(raw, [(im.height, im.width) for im in decoded])
+    sizes = [(im.height, im.width) for im in decoded]
+    detections = predictor.postprocess(raw, sizes)
     predictor.synchronize()
     t3 = clock()
+    masks = None
+    if predictor.has_masks:
+        detections = predictor.decode_masks(raw, detections, sizes)
+        predictor.synchronize()
+        t4 = clock()
+        masks = (t4 - t3) / 1e6
+        t3 = t4
     if len(detections) != batch_size:
         raise RuntimeError(f"{type(predictor).__name__} returned {len(detections)} results")
-    return (t2 - t1) / 1e6, (t3 - t0) / 1e6
+    return BatchTimes(model=(t2 - t1) / 1e6, e2e=(t3 - t0) / 1e6, masks=masks)
 
 
 def make_report(
@@ -214,10 +254,13 @@ def make_report(
     batch_size: int,
     warmup: int,
     runs: int,
+    mask_ms: list[float] | None = None,
 ) -> LatencyReport:
-    """The report of one predictor's timed runs."""
+    """The report of one predictor's timed runs (``mask_ms``: its mask decoding, if any)."""
     end_to_end = LatencyStats.from_samples(e2e_ms)
     return LatencyReport(
+        masks=LatencyStats.from_samples(mask_ms) if mask_ms else None,
+        samples_mask_ms=list(mask_ms) if mask_ms else None,
         model_only=LatencyStats.from_samples(model_ms),
         end_to_end=end_to_end,
         images_per_s=batch_size * 1000.0 / end_to_end.mean if end_to_end.mean > 0 else math.inf,

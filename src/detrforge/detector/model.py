@@ -21,13 +21,31 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _detector_class(size: str) -> type[Any]:
-    from rfdetr import RFDETRLarge, RFDETRMedium, RFDETRNano, RFDETRSmall
+    from rfdetr import (
+        RFDETRLarge,
+        RFDETRMedium,
+        RFDETRNano,
+        RFDETRSeg2XLarge,
+        RFDETRSegLarge,
+        RFDETRSegMedium,
+        RFDETRSegNano,
+        RFDETRSegSmall,
+        RFDETRSegXLarge,
+        RFDETRSmall,
+    )
 
     classes: dict[str, type[Any]] = {
         "nano": RFDETRNano,
         "small": RFDETRSmall,
         "medium": RFDETRMedium,
         "large": RFDETRLarge,
+        # Instance segmentation: the same detector with a mask head (rfdetr's RFDETRSeg*).
+        "seg-nano": RFDETRSegNano,
+        "seg-small": RFDETRSegSmall,
+        "seg-medium": RFDETRSegMedium,
+        "seg-large": RFDETRSegLarge,
+        "seg-xlarge": RFDETRSegXLarge,
+        "seg-2xlarge": RFDETRSeg2XLarge,
     }
     if size not in classes:
         raise InvalidSpecError(
@@ -46,7 +64,8 @@ def build_detector(
     num_classes: int | None = None,
     resolution: int | None = None,
 ) -> Any:
-    """An rfdetr detector of ``size``; from scratch unless ``weights`` names a local ``.pth``."""
+    """An rfdetr detector of ``size`` (``seg-*``: with a mask head); from scratch unless
+    ``weights`` names a local ``.pth``."""
     kwargs: dict[str, Any] = {"pretrain_weights": str(weights) if weights else None}
     if num_queries is not None:
         kwargs["num_queries"] = num_queries

@@ -1,4 +1,8 @@
-"""ONNX Runtime inference of an rfdetr ONNX export, with numpy pre- and post-processing."""
+"""ONNX Runtime inference of an rfdetr ONNX export, with numpy pre- and post-processing.
+
+A segmentation model's export has a third output, ``masks`` (mask logits per query at a quarter
+of the input side); its masks are decoded in numpy as the torch path decodes them.
+"""
 
 from __future__ import annotations
 
@@ -17,14 +21,27 @@ from detrforge.detector.predictor import (
     RawOutputs,
     check_predictor_options,
 )
-from detrforge.detector.processing import postprocess_numpy, preprocess_images_numpy
+from detrforge.detector.processing import (
+    decode_mask_logits_numpy,
+    postprocess_numpy,
+    preprocess_images_numpy,
+)
 from detrforge.platform.errors import InvalidSpecError
 
-__all__ = ["OnnxPredictor"]
+__all__ = ["GRAPH_OPTIMIZATIONS", "OnnxPredictor"]
+
+# ORT's GraphOptimizationLevel members by the names a recipe records.
+GRAPH_OPTIMIZATIONS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 
 
 class OnnxPredictor(Predictor[np.ndarray[Any, Any]]):
-    """ONNX Runtime inference of an rfdetr export (input ``input``, outputs ``dets``, ``labels``).
+    """ONNX Runtime inference of an rfdetr export (input ``input``, outputs ``dets``, ``labels``
+    and, from a segmentation model, ``masks``).
 
     Args:
         onnx_path: The exported model (fixed input shape [B, 3, resolution, resolution]).
@@ -34,6 +51,8 @@ class OnnxPredictor(Predictor[np.ndarray[Any, Any]]):
         num_threads: ORT intra-op threads; default ORT's own (one per physical core).
         allow_spinning: Let idle ORT threads busy-wait for the next run (ORT's default): lower
             forward latency, at the cost of CPU burnt between runs.
+        graph_optimization: ORT's graph optimization level, one of :data:`GRAPH_OPTIMIZATIONS`;
+            default ORT's own (``all``).
     """
 
     backend = "onnxruntime"
@@ -48,6 +67,7 @@ class OnnxPredictor(Predictor[np.ndarray[Any, Any]]):
         threshold: float = 0.0,
         max_detections: int = DEFAULT_MAX_DETECTIONS,
         allow_spinning: bool = True,
+        graph_optimization: str | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -75,6 +95,16 @@ class OnnxPredictor(Predictor[np.ndarray[Any, Any]]):
                     f"num_threads must be >= 1, got {num_threads}", field="num_threads"
                 )
             options.intra_op_num_threads = num_threads
+        if graph_optimization is not None:
+            if graph_optimization not in GRAPH_OPTIMIZATIONS:
+                raise InvalidSpecError(
+                    f"graph_optimization must be one of {list(GRAPH_OPTIMIZATIONS)}, got "
+                    f"{graph_optimization!r}",
+                    field="graph_optimization",
+                )
+            options.graph_optimization_level = getattr(
+                ort.GraphOptimizationLevel, GRAPH_OPTIMIZATIONS[graph_optimization]
+            )
         options.add_session_config_entry(
             "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
         )
@@ -95,6 +125,9 @@ class OnnxPredictor(Predictor[np.ndarray[Any, Any]]):
                 f"{onnx_path} has outputs {names}; expected rfdetr's 'dets' and 'labels'",
                 field="onnx_path",
             )
+        # A segmentation export: decode_masks gives each kept detection its mask.
+        self.has_masks = "masks" in names
+        self._outputs = ["dets", "labels", "masks"] if self.has_masks else ["dets", "labels"]
         self._num_threads = num_threads
         active = self.session.get_providers()[0]
         self.device = "cuda" if active == "CUDAExecutionProvider" else "cpu"
@@ -123,12 +156,18 @@ class OnnxPredictor(Predictor[np.ndarray[Any, Any]]):
                 self.forward(batch[i : i + self._fixed_batch])
                 for i in range(0, batch.shape[0], self._fixed_batch)
             ]
+            masks = [p.masks for p in parts if p.masks is not None]
             return RawOutputs(
                 boxes=np.concatenate([p.boxes for p in parts]),
                 logits=np.concatenate([p.logits for p in parts]),
+                masks=np.concatenate(masks) if masks else None,
             )
-        boxes, logits = self.session.run(["dets", "labels"], {self._input_name: batch})
-        return RawOutputs(boxes=np.asarray(boxes), logits=np.asarray(logits))
+        outputs = self.session.run(self._outputs, {self._input_name: batch})
+        return RawOutputs(
+            boxes=np.asarray(outputs[0]),
+            logits=np.asarray(outputs[1]),
+            masks=np.asarray(outputs[2]) if self.has_masks else None,
+        )
 
     def postprocess(
         self, raw: RawOutputs[np.ndarray[Any, Any]], sizes: Sequence[tuple[int, int]]
@@ -139,4 +178,15 @@ class OnnxPredictor(Predictor[np.ndarray[Any, Any]]):
             sizes,
             max_detections=self.max_detections,
             threshold=self.threshold,
+            with_queries=self.has_masks,
         )
+
+    def _image_masks(
+        self,
+        masks: np.ndarray[Any, Any],
+        image: int,
+        queries: np.ndarray[Any, Any],
+        height: int,
+        width: int,
+    ) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        return decode_mask_logits_numpy(masks[image][queries], height, width)

@@ -138,6 +138,7 @@ def measure_paired(
     encoded = encode_images(images)
     arms = {"A": candidate, "B": baseline}
     samples: dict[str, tuple[list[float], list[float]]] = {"A": ([], []), "B": ([], [])}
+    masks: dict[str, list[float]] = {"A": [], "B": []}
     for run in range(warmup):  # untimed; alternating, so neither arm starts cold
         for predictor in arms.values():
             time_batch(predictor, encoded, run, 1)
@@ -154,9 +155,11 @@ def measure_paired(
             for arm in order:
                 model_ms, e2e_ms = samples[arm]
                 for j in range(block):
-                    model, e2e = time_batch(arms[arm], encoded, first_image + j, 1)
-                    model_ms.append(model)
-                    e2e_ms.append(e2e)
+                    times = time_batch(arms[arm], encoded, first_image + j, 1)
+                    model_ms.append(times.model)
+                    e2e_ms.append(times.e2e)
+                    if times.masks is not None:
+                        masks[arm].append(times.masks)
         intervals = _intervals(samples, block, confidence, seed)
         p95 = intervals["p95"]
         verdict = ratio_verdict(p95.low, p95.high, max_ratio) if max_ratio is not None else None
@@ -171,8 +174,12 @@ def measure_paired(
             break
     n = len(samples["A"][0])
     return PairedReport(
-        candidate=make_report(candidate, *samples["A"], batch_size=1, warmup=warmup, runs=n),
-        baseline=make_report(baseline, *samples["B"], batch_size=1, warmup=warmup, runs=n),
+        candidate=make_report(
+            candidate, *samples["A"], mask_ms=masks["A"], batch_size=1, warmup=warmup, runs=n
+        ),
+        baseline=make_report(
+            baseline, *samples["B"], mask_ms=masks["B"], batch_size=1, warmup=warmup, runs=n
+        ),
         block=block,
         seed=seed,
         orders=orders,

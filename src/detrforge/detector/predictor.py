@@ -1,13 +1,16 @@
-"""The predictor interface: ``preprocess -> forward -> postprocess`` and the detections it gives.
+"""The predictor interface: ``preprocess -> forward -> postprocess (-> decode_masks)`` and the
+detections it gives.
 
 Implementations are :class:`~detrforge.detector.torch_predictor.TorchPredictor` (torch eager) and
 :class:`~detrforge.detector.onnx_predictor.OnnxPredictor` (ONNX Runtime). The stages are separate
-methods so latency can time the forward pass alone.
+methods so latency can time the forward pass alone, and a segmentation model's mask decoding
+(upsampling each kept mask to the image and thresholding it) apart from both.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -42,6 +45,10 @@ class Detections:
     boxes_xyxy: np.ndarray[Any, np.dtype[np.float32]]
     scores: np.ndarray[Any, np.dtype[np.float32]]
     labels: np.ndarray[Any, np.dtype[np.int64]]
+    # Segmentation models: the query each detection came from (which mask is its own), then,
+    # once decoded, the (N, height, width) boolean masks at the original image's size.
+    queries: np.ndarray[Any, np.dtype[np.int64]] | None = None
+    masks: np.ndarray[Any, np.dtype[np.bool_]] | None = None
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -49,10 +56,12 @@ class Detections:
 
 @dataclass(frozen=True)
 class RawOutputs(Generic[ArrayT]):
-    """The forward pass's outputs: normalised cxcywh boxes (B, Q, 4) and class logits (B, Q, C)."""
+    """The forward pass's outputs: normalised cxcywh boxes (B, Q, 4), class logits (B, Q, C) and,
+    from a segmentation model, mask logits (B, Q, Hm, Wm) at the mask head's resolution."""
 
     boxes: ArrayT
     logits: ArrayT
+    masks: ArrayT | None = None
 
 
 class Predictor(abc.ABC, Generic[ArrayT]):
@@ -66,6 +75,8 @@ class Predictor(abc.ABC, Generic[ArrayT]):
     resolution: int
     threshold: float
     max_detections: int
+    # True for a segmentation model: postprocess gives queries and decode_masks the masks.
+    has_masks: bool = False
 
     @abc.abstractmethod
     def preprocess(self, images: Sequence[Image.Image]) -> ArrayT:
@@ -86,6 +97,29 @@ class Predictor(abc.ABC, Generic[ArrayT]):
     def threads(self) -> int:
         """CPU threads the forward pass may use (torch intra-op threads, or ORT intra-op)."""
 
+    def decode_masks(
+        self,
+        raw: RawOutputs[ArrayT],
+        detections: list[Detections],
+        sizes: Sequence[tuple[int, int]],
+    ) -> list[Detections]:
+        """``detections`` with their masks at each image's size (unchanged without a mask head):
+        each kept detection's mask upsampled to its image's size and thresholded at logit 0."""
+        if not self.has_masks or raw.masks is None:
+            return detections
+        out = []
+        for image, (det, (height, width)) in enumerate(zip(detections, sizes, strict=True)):
+            queries = det.queries if det.queries is not None else np.zeros(0, np.int64)
+            masks = self._image_masks(raw.masks, image, queries, height, width)
+            out.append(dataclasses.replace(det, masks=masks))
+        return out
+
+    def _image_masks(
+        self, masks: ArrayT, image: int, queries: np.ndarray[Any, Any], height: int, width: int
+    ) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        """The (N, height, width) masks of ``queries`` of batch item ``image`` (mask heads only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no mask head")
+
     def synchronize(self) -> None:  # noqa: B027 -- a no-op unless the device runs asynchronously
         """Wait until queued device work is done, so a clock read after it is honest."""
 
@@ -94,7 +128,9 @@ class Predictor(abc.ABC, Generic[ArrayT]):
         if not images:
             return []
         sizes = [(image.height, image.width) for image in images]
-        return self.postprocess(self.forward(self.preprocess(images)), sizes)
+        raw = self.forward(self.preprocess(images))
+        detections = self.postprocess(raw, sizes)
+        return self.decode_masks(raw, detections, sizes) if self.has_masks else detections
 
 
 def check_predictor_options(threshold: float, max_detections: int) -> None:

@@ -17,6 +17,7 @@ __all__ = [
     "PairedBaseline",
     "RESOURCE_AMOUNTS_SCHEMA",
     "SEG_MODEL_SIZES",
+    "TASKS",
     "Backend",
     "BenchmarkRequest",
     "BenchmarkSpec",
@@ -27,15 +28,33 @@ __all__ = [
     "FrozenSpec",
     "ModelSize",
     "SpecFieldError",
+    "Task",
+    "VariantArtifact",
     "as_model_size",
     "check_resolution",
+    "check_task",
+    "default_resolution",
     "nearest_resolutions",
     "parse_spec",
+    "task_of",
 ]
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
-ModelSize = Literal["nano", "small", "medium", "large"]
+ModelSize = Literal[
+    "nano",
+    "small",
+    "medium",
+    "large",
+    "seg-nano",
+    "seg-small",
+    "seg-medium",
+    "seg-large",
+    "seg-xlarge",
+    "seg-2xlarge",
+]
+Task = Literal["detection", "segmentation"]
+TASKS: tuple[str, ...] = ("detection", "segmentation")
 
 # size -> (default resolution, patch size x windows: what the resolution must divide by)
 MODEL_SIZES: dict[str, tuple[int, int]] = {
@@ -45,8 +64,7 @@ MODEL_SIZES: dict[str, tuple[int, int]] = {
     "large": (704, 32),
 }
 # RF-DETR-Seg sizes (rfdetr 1.11.2's RFDETRSeg*Config): patch size 12, one window for Nano and two
-# for the rest. Their resolutions are checked here already; no spec takes them until the
-# segmentation fine-tune, model adapter and predictor do (MODEL_SIZES is what jobs can build).
+# for the rest. Their task is instance segmentation: boxes and a mask per detection.
 SEG_MODEL_SIZES: dict[str, tuple[int, int]] = {
     "seg-nano": (312, 12),
     "seg-small": (384, 24),
@@ -65,12 +83,37 @@ def as_model_size(value: str) -> ModelSize:
     Raises:
         InvalidSpecError: ``value`` names no RF-DETR size.
     """
-    if value not in MODEL_SIZES:
+    if value not in MODEL_SIZES and value not in SEG_MODEL_SIZES:
         raise InvalidSpecError(
-            f"model_size: unknown model size {value!r}; choose from {', '.join(MODEL_SIZES)}",
+            f"model_size: unknown model size {value!r}; choose from "
+            f"{', '.join([*MODEL_SIZES, *SEG_MODEL_SIZES])}",
             field="model_size",
         )
     return cast(ModelSize, value)
+
+
+def task_of(size: str) -> Task:
+    """The task a model size is built for: ``segmentation`` for the ``seg-*`` sizes."""
+    return "segmentation" if size in SEG_MODEL_SIZES else "detection"
+
+
+def default_resolution(size: str) -> int:
+    """The size's own input resolution (rfdetr's default for it)."""
+    return {**MODEL_SIZES, **SEG_MODEL_SIZES}[size][0]
+
+
+def check_task(size: str, task: str | None) -> Task:
+    """``task`` (default: the size's own), or a :class:`SpecFieldError` on ``task`` when the size
+    cannot do it."""
+    own = task_of(size)
+    if task is None or task == own:
+        return own
+    if own == "detection":
+        sizes = ", ".join(SEG_MODEL_SIZES)
+        fix = f"choose a segmentation size ({sizes}) or task detection"
+    else:
+        fix = f"choose a detection size ({', '.join(MODEL_SIZES)}) or task segmentation"
+    raise SpecFieldError("task", f"task: model size {size!r} is a {own} model, not {task}; {fix}")
 
 
 MAX_RESOLUTION = 2048
@@ -161,6 +204,11 @@ class FinetuneSpec(FrozenSpec):
 
     dataset: Uri
     model_size: ModelSize = "nano"
+    task: Task | None = Field(
+        default=None,
+        description="detection or segmentation (masks); default: the model size's own (seg-* "
+        "sizes segment). A segmentation dataset needs a mask on every object.",
+    )
     resolution: int | None = Field(default=None, description="Input size; default: the size's own.")
     epochs: int = Field(default=10, ge=1, le=10_000)
     batch_size: int = Field(default=4, ge=1, le=1024)
@@ -210,8 +258,9 @@ class FinetuneSpec(FrozenSpec):
 
     @model_validator(mode="after")
     def _check_resolution(self) -> FinetuneSpec:
+        object.__setattr__(self, "task", check_task(self.model_size, self.task))
         if self.resolution is None:
-            object.__setattr__(self, "resolution", MODEL_SIZES[self.model_size][0])
+            object.__setattr__(self, "resolution", default_resolution(self.model_size))
         assert self.resolution is not None
         try:
             check_resolution(self.model_size, self.resolution)
@@ -230,6 +279,11 @@ class FinetuneSpec(FrozenSpec):
         """The resolution, never None after validation."""
         assert self.resolution is not None
         return self.resolution
+
+    @property
+    def segmentation(self) -> bool:
+        """Whether this fine-tune trains masks (its dataset needs one on every object)."""
+        return self.task == "segmentation"
 
 
 class SpecFieldError(ValueError):
@@ -276,16 +330,46 @@ Threads = Annotated[int, Field(ge=1, le=256)]
 BatchSize = Annotated[int, Field(ge=1, le=256)]
 
 
+# A variant's folder holds the file its runtime loads: model.onnx, or OpenVINO's model.xml.
+VARIANT_FILE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class VariantArtifact(FrozenSpec):
+    """A stored inference variant of the checkpoint (``detector.variants``), run instead of it:
+    the folder ``<artifact root>/variants/<sha256>/``, the file in it a runtime loads, and the
+    folder's content address, which the job checks before it loads anything. Set by the control
+    layer from the variant store (a promotion's gate on a target that ships a variant), never
+    taken from a request."""
+
+    name: Name
+    uri: Uri
+    model_file: str = Field(pattern=VARIANT_FILE)
+    sha256: Sha256
+
+    def describe(self) -> str:
+        return f"{self.name} {self.sha256[:12]}"
+
+
 class _CheckpointSpec(FrozenSpec):
     """A trained checkpoint: its URI, model size and resolution (the API can fill them)."""
 
     checkpoint: Uri = Field(description="A .pth path, file:// or s3:// URI.")
     checkpoint_sha256: Sha256 | None = None
     model_size: ModelSize = "nano"
+    task: Task | None = Field(default=None, description="Default: the model size's own.")
     resolution: int = Field(default=384)
 
     @model_validator(mode="after")
     def _check_resolution(self) -> _CheckpointSpec:
+        object.__setattr__(self, "task", check_task(self.model_size, self.task))
+        # Both backends run a segmentation model (its ONNX export has a masks output), but the
+        # optimized variants (onnx-opt, onnx-int8, openvino-*) are built for detection only.
+        if self.task == "segmentation" and getattr(self, "variant", None) is not None:
+            raise SpecFieldError(
+                "variant",
+                "variant: segmentation models have no optimized variants yet; run the checkpoint "
+                "itself with backend torch or onnxruntime",
+            )
         try:
             check_resolution(self.model_size, self.resolution)
         except ValueError as exc:
@@ -333,7 +417,9 @@ class _EvaluateFields(FrozenSpec):
 
 
 class EvaluateSpec(_CheckpointSpec, _EvaluateFields):
-    """COCO bbox AP of a checkpoint on one split of a dataset."""
+    """COCO bbox AP of a checkpoint on one split of a dataset (of its variant, when set)."""
+
+    variant: VariantArtifact | None = None
 
 
 class EvaluateRequest(CheckpointChoice, _EvaluateFields):
@@ -400,6 +486,9 @@ class BenchmarkSpec(_CheckpointSpec, _BenchmarkFields):
     precision: Precision = "fp32"
     batch_size: BatchSize = 1
     num_threads: Threads | None = None
+    # Run these stored variants instead of the checkpoints (candidate; baseline arm).
+    variant: VariantArtifact | None = None
+    baseline_variant: VariantArtifact | None = None
 
     @field_validator("target_resources")
     @classmethod

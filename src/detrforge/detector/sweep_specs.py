@@ -10,22 +10,27 @@ from detrforge.detector.specs import (
     MAX_SEED,
     MODEL_SIZES,
     RESOURCE_AMOUNTS_SCHEMA,
+    SEG_MODEL_SIZES,
     Backend,
     FinetuneSpec,
     FrozenSpec,
     SpecFieldError,
+    Task,
     check_resolution,
     check_resource_amounts,
+    task_of,
 )
 from detrforge.platform.limits import Name, Uri
 
 __all__ = [
+    "RANKING_METRICS",
     "SWEEP_TUNABLE",
     "ParamRange",
     "SweepScheduler",
     "SweepRequest",
     "SweepSpec",
     "TrialResources",
+    "ranking_metric",
 ]
 
 # FinetuneSpec fields a sweep sets itself (one worker per trial, the sweep's seed and resources).
@@ -43,6 +48,10 @@ _SWEEP_OWNED = frozenset(
 )
 SWEEP_TUNABLE = tuple(f for f in FinetuneSpec.model_fields if f not in _SWEEP_OWNED)
 _MAX_CHECKED_COMBINATIONS = 512
+
+# What a sweep ranks its trials on, and draws its Pareto front with, per task: validation AP of
+# the boxes, or of the masks for a segmentation sweep (the figure its promotions gate on).
+RANKING_METRICS: dict[str, str] = {"detection": "bbox/AP", "segmentation": "segm/AP"}
 
 
 class ParamRange(FrozenSpec):
@@ -80,6 +89,16 @@ class TrialResources(FrozenSpec):
 
     cpu: float = Field(default=1.0, gt=0, le=1024)
     gpu: float = Field(default=0.0, ge=0, le=64)
+
+
+def _task(space: dict[str, Any], base: dict[str, Any]) -> Task:
+    sizes = space.get("model_size") or [base.get("model_size", "nano")]
+    return task_of(str(sizes[0]))
+
+
+def ranking_metric(spec: dict[str, Any]) -> str:
+    """The metric a stored (already validated) sweep spec ranks its trials on."""
+    return RANKING_METRICS[_task(spec.get("space") or {}, spec.get("base") or {})]
 
 
 def _optuna_installed() -> bool:
@@ -157,13 +176,26 @@ class SweepRequest(FrozenSpec):
         sizes = self.space.get("model_size", [self.base.get("model_size", "nano")])
         if not isinstance(sizes, list) or not sizes:
             raise SpecFieldError("space.model_size", "space.model_size: give at least one size")
+        known = (*MODEL_SIZES, *SEG_MODEL_SIZES)
         for size in sizes:
             # A non-string (a list, an object) is no size, and unhashable for the lookup.
-            if not isinstance(size, str) or size not in MODEL_SIZES:
+            if not isinstance(size, str) or size not in known:
                 raise SpecFieldError(
                     "space.model_size",
-                    f"unknown model size {size!r}; choose from {', '.join(MODEL_SIZES)}",
+                    f"unknown model size {size!r}; choose from {', '.join(known)}",
                 )
+        tasks = {task_of(size) for size in sizes}
+        if len(tasks) > 1:
+            # Every trial is ranked, and the front drawn, on one metric: box AP or mask AP.
+            raise SpecFieldError(
+                "space.model_size",
+                "space.model_size: mixes detection and segmentation sizes; a sweep ranks its "
+                "trials on one metric (bbox AP, or mask AP for seg-* sizes): sweep one task",
+            )
+        if "task" in self.space:
+            raise SpecFieldError(
+                "space.task", "space.task: the task follows the model sizes; drop it from space"
+            )
         return [str(s) for s in sizes]
 
     def _check_dimension(self, key: str, value: Any, sizes: list[str]) -> None:
@@ -241,6 +273,16 @@ class SweepRequest(FrozenSpec):
             self._validate(dict(zip((k for k, _ in dims), combo, strict=True)), "space")
 
     # -- what the job uses ------------------------------------------------------------------
+    @property
+    def task(self) -> Task:
+        """The task of every trial (the validator refuses a sweep that mixes tasks)."""
+        return _task(self.space, self.base)
+
+    @property
+    def metric(self) -> str:
+        """The validation metric trials are ranked on (:data:`RANKING_METRICS`)."""
+        return RANKING_METRICS[self.task]
+
     @property
     def max_epochs(self) -> int:
         """ASHA's ``max_t``: the scheduler's, else the largest epochs any trial can have."""

@@ -1,5 +1,11 @@
 """Torch eager inference on a trained RF-DETR checkpoint, with rfdetr's own module and
-``PostProcess``; also reading such a checkpoint back into an rfdetr detector."""
+``PostProcess``; also reading such a checkpoint back into an rfdetr detector.
+
+A segmentation model's masks are decoded as rfdetr's ``PostProcess`` does (each kept detection's
+mask logits upsampled bilinearly to the image size, then ``> 0``, i.e. sigmoid above 0.5, by
+:func:`~detrforge.detector.processing.decode_mask_logits`), but in a stage of their own
+(:meth:`TorchPredictor.decode_masks`) so latency can time it apart.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from detrforge.detector.predictor import (
     RawOutputs,
     check_predictor_options,
 )
-from detrforge.detector.processing import preprocess_images
+from detrforge.detector.processing import decode_mask_logits, preprocess_images
 from detrforge.platform.checkpoints import CHECKPOINT_SAFE_GLOBALS, class_names_in
 from detrforge.platform.errors import InvalidSpecError
 
@@ -107,8 +113,9 @@ class TorchPredictor(Predictor[Any]):
 
     Args:
         checkpoint: An rfdetr ``.pth`` (``{"model": state_dict, "args": ...}``).
-        size: ``nano``, ``small``, ``medium`` or ``large``.
-        resolution: Square input side; must divide by the backbone's block (32 for these sizes).
+        size: ``nano``, ``small``, ``medium``, ``large`` or a ``seg-*`` size (masks too).
+        resolution: Square input side; must divide by the backbone's block (32 for the
+            detection sizes, 12 or 24 for the segmentation ones).
         device: A torch device string (``cpu``, ``cuda``, ``cuda:1``).
         threshold: Keep detections scoring above this; 0 keeps everything (what AP needs).
         max_detections: Top-k query/class pairs kept per image.
@@ -158,6 +165,7 @@ class TorchPredictor(Predictor[Any]):
         self.threshold = threshold
         self.max_detections = max_detections
         self.num_classes = int(self.detector.model_config.num_classes)
+        self.has_masks = bool(getattr(self.detector.model_config, "segmentation_head", False))
 
     @property
     def threads(self) -> int:
@@ -182,7 +190,8 @@ class TorchPredictor(Predictor[Any]):
 
         with torch.inference_mode():
             outputs = self.model(batch)
-        return RawOutputs(boxes=outputs["pred_boxes"], logits=outputs["pred_logits"])
+        masks = outputs.get("pred_masks") if self.has_masks else None
+        return RawOutputs(boxes=outputs["pred_boxes"], logits=outputs["pred_logits"], masks=masks)
 
     def postprocess(
         self, raw: RawOutputs[Any], sizes: Sequence[tuple[int, int]]
@@ -194,14 +203,36 @@ class TorchPredictor(Predictor[Any]):
             results = self._postprocess(
                 {"pred_logits": raw.logits, "pred_boxes": raw.boxes}, target_sizes
             )
+            queries = self._topk_queries(raw.logits) if self.has_masks else None
             out = []
-            for result in results:
+            for i, result in enumerate(results):
                 keep = result["scores"] > self.threshold
                 out.append(
                     Detections(
                         boxes_xyxy=result["boxes"][keep].float().cpu().numpy(),
                         scores=result["scores"][keep].float().cpu().numpy(),
                         labels=result["labels"][keep].cpu().numpy().astype(np.int64),
+                        queries=None
+                        if queries is None
+                        else queries[i][keep].cpu().numpy().astype(np.int64),
                     )
                 )
         return out
+
+    def _topk_queries(self, logits: Any) -> Any:
+        """The query of each of ``PostProcess``'s top-k picks (its order and tie rule)."""
+        import torch
+
+        flat = logits.sigmoid().reshape(logits.shape[0], -1)
+        k = min(self._postprocess.num_select, flat.shape[1])
+        order = torch.argsort(flat, dim=1, descending=True, stable=True)[:, :k]
+        return torch.div(order, logits.shape[2], rounding_mode="floor")
+
+    def _image_masks(
+        self, masks: Any, image: int, queries: np.ndarray[Any, Any], height: int, width: int
+    ) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        import torch
+
+        with torch.inference_mode():
+            index = torch.as_tensor(queries, device=masks.device)
+            return decode_mask_logits(masks[image].index_select(0, index), height, width)

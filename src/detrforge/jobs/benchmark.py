@@ -2,7 +2,8 @@
 
 The measurement runs as a Ray task that asks for the target's resources, so Ray places it on a
 node that has that hardware ("on-hardware"). A target no node offers fails at once. Results go to
-the job's MLflow run: ``latency_ms/*`` (end to end), ``model_ms/*`` (forward only), throughput,
+the job's MLflow run: ``latency_ms/*`` (end to end), ``model_ms/*`` (forward only),
+``mask_ms/*`` (a segmentation model's mask decoding, inside end to end), throughput,
 the environment pins as tags, and the raw samples plus the whole record as artifacts, from which
 the API appends one row to the benchmark history.
 """
@@ -27,6 +28,8 @@ __all__ = [
     "benchmark_task",
     "log_benchmark_result",
     "main",
+    "on_target",
+    "pair_seed",
     "submit_benchmark_task",
 ]
 
@@ -56,7 +59,7 @@ def benchmark_task(spec_data: dict[str, Any], artifact_root: str, job_id: str) -
     import ray
 
     from detrforge.detector.data import fingerprint_dataset
-    from detrforge.detector.inference import evaluate_checkpoint
+    from detrforge.detector.inference import evaluate_predictor
     from detrforge.detector.latency import measure_latency
     from detrforge.detector.paired_latency import measure_paired
     from detrforge.platform.blobs import sha256_file
@@ -87,6 +90,7 @@ def benchmark_task(spec_data: dict[str, Any], artifact_root: str, job_id: str) -
                     "checkpoint": arm.checkpoint,
                     "model_size": arm.model_size,
                     "resolution": arm.resolution,
+                    "variant": spec.baseline_variant,
                 }
             )
             baseline_checkpoint = local_checkpoint(arm.checkpoint, arm.checkpoint_sha256, cache)
@@ -98,7 +102,7 @@ def benchmark_task(spec_data: dict[str, Any], artifact_root: str, job_id: str) -
                 images,
                 warmup=spec.warmup,
                 runs=spec.runs,
-                seed=_pair_seed(job_id),
+                seed=pair_seed(job_id),
                 max_ratio=spec.max_ratio,
                 confidence=spec.confidence,
                 max_rounds=spec.max_rounds,
@@ -116,11 +120,14 @@ def benchmark_task(spec_data: dict[str, Any], artifact_root: str, job_id: str) -
             )
         node_load = watch.stop()
         fingerprint = fingerprint_dataset(dataset, splits=(spec.split,)) if dataset else None
-        ap = None
+        ap: dict[str, float] | None = None
         if spec.evaluate and dataset is not None:
-            ap = evaluate_checkpoint(predictor, dataset, spec.split).stats
+            ap = {}
+            for result in evaluate_predictor(predictor, dataset, spec.split):
+                ap.update(result.stats)
     env = capture_environment(
-        backend=spec.backend,
+        # A stored variant's runtime is named by the variant (onnx-int8, openvino-fp32, ...).
+        backend=spec.variant.name if spec.variant else spec.backend,
         precision=spec.precision,
         checkpoint_sha256=checkpoint_sha,
         dataset_fingerprint=fingerprint,
@@ -130,6 +137,9 @@ def benchmark_task(spec_data: dict[str, Any], artifact_root: str, job_id: str) -
         "checkpoint_sha256": checkpoint_sha,
         "model_only": report.model_only.to_dict(),
         "end_to_end": report.end_to_end.to_dict(),
+        # Mask decoding (segmentation models): part of end to end, not of model-only.
+        "masks": report.masks.to_dict() if report.masks is not None else None,
+        "samples_mask_ms": report.samples_mask_ms,
         "images_per_s": report.images_per_s,
         "threads": report.threads,
         "device": report.device,
@@ -138,6 +148,9 @@ def benchmark_task(spec_data: dict[str, Any], artifact_root: str, job_id: str) -
         "environment": env,
         "dataset_fingerprint": fingerprint,
         "export": export,
+        # The variant artifacts timed instead of the checkpoints (verified by sha256).
+        "variant": spec.variant.model_dump() if spec.variant else None,
+        "baseline_variant": spec.baseline_variant.model_dump() if spec.baseline_variant else None,
         "ap": ap,
         "node_load": node_load,
         # With both arms' raw samples: the history keeps them (the gate reads the summary).
@@ -145,21 +158,27 @@ def benchmark_task(spec_data: dict[str, Any], artifact_root: str, job_id: str) -
     }
 
 
-def _pair_seed(job_id: str) -> int:
+def pair_seed(job_id: str) -> int:
     """The AB/BA order's seed: fixed per job (a rerun of the job repeats it), different across
     jobs."""
     return int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16)
 
 
-def submit_benchmark_task(spec: BenchmarkSpec, artifact_root: str, job_id: str) -> Any:
-    """Start :func:`benchmark_task` on a node with the target's resources; its ``ObjectRef``."""
+def on_target(func: Any, num_threads: int | None, target_resources: dict[str, float]) -> Any:
+    """``func`` as a Ray task that asks for a hardware target's resources and its threads, so
+    Ray places it on a node with that hardware."""
     import ray
 
-    task = ray.remote(
-        num_cpus=spec.num_threads or 1,
-        resources={k: v for k, v in spec.target_resources.items() if k not in ("CPU", "GPU")},
-        num_gpus=spec.target_resources.get("GPU", 0),
-    )(benchmark_task)
+    return ray.remote(
+        num_cpus=num_threads or 1,
+        resources={k: v for k, v in target_resources.items() if k not in ("CPU", "GPU")},
+        num_gpus=target_resources.get("GPU", 0),
+    )(func)
+
+
+def submit_benchmark_task(spec: BenchmarkSpec, artifact_root: str, job_id: str) -> Any:
+    """Start :func:`benchmark_task` on a node with the target's resources; its ``ObjectRef``."""
+    task = on_target(benchmark_task, spec.num_threads, spec.target_resources)
     return task.remote(spec.model_dump(mode="json"), artifact_root, job_id)
 
 
@@ -170,6 +189,9 @@ def log_benchmark_result(
     e2e, model = out["end_to_end"], out["model_only"]
     metrics = {f"latency_ms/{k}": float(e2e[k]) for k in ("p50", "p95", "p99", "mean", "std")}
     metrics.update({f"model_ms/{k}": float(model[k]) for k in ("p50", "p95", "p99", "mean")})
+    if out.get("masks"):
+        masks = out["masks"]
+        metrics.update({f"mask_ms/{k}": float(masks[k]) for k in ("p50", "p95", "p99", "mean")})
     metrics["throughput/img_s"] = float(out["images_per_s"])
     if out.get("paired"):
         for name, interval in out["paired"]["ratio"].items():
@@ -182,6 +204,8 @@ def log_benchmark_result(
     with tempfile.TemporaryDirectory() as tmp:
         samples = Path(tmp) / "samples.json"
         raw = {"model_ms": out["samples_model_ms"], "e2e_ms": out["samples_e2e_ms"]}
+        if out.get("samples_mask_ms"):
+            raw["mask_ms"] = out["samples_mask_ms"]
         if out.get("paired"):
             raw["paired"] = out["paired"]["samples"]  # both arms, in measurement order
         samples.write_text(json.dumps(raw))

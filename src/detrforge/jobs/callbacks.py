@@ -20,8 +20,15 @@ __all__ = ["DetrforgeCallback", "drop_periodic_checkpoints", "epoch_metrics"]
 CHECKPOINT_FILE = "checkpoint.ckpt"
 PROGRESS_EVERY_S = 5.0
 
-# rfdetr's validation metric names -> ours (DESIGN.md).
-_VAL_KEYS = {"mAP_50_95": "bbox/AP", "mAP_50": "bbox/AP50", "mAP_75": "bbox/AP75"}
+# rfdetr's validation metric names -> ours (DESIGN.md). A segmentation model's validation logs
+# its box AP under the plain names and its mask AP under ``segm_``.
+_VAL_KEYS = {
+    "mAP_50_95": "bbox/AP",
+    "mAP_50": "bbox/AP50",
+    "mAP_75": "bbox/AP75",
+    "segm_mAP_50_95": "segm/AP",
+    "segm_mAP_50": "segm/AP50",
+}
 
 
 def drop_periodic_checkpoints(trainer: pl.Trainer) -> None:

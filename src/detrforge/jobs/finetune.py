@@ -108,11 +108,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             job_id=config["job_id"],
             store=open_store(config["artifact_root"]),
             best=output_dir / BEST_MODEL_FILE,
+            segmentation=spec.segmentation,
         )
 
 
 def _publish_best_model(
-    tracker: Tracker, *, run_id: str, job_id: str, store: Any, best: Path
+    tracker: Tracker,
+    *,
+    run_id: str,
+    job_id: str,
+    store: Any,
+    best: Path,
+    segmentation: bool = False,
 ) -> None:
     """Upload the best-by-validation-AP weights with their sha256, and log them to the run."""
     if not best.exists():
@@ -120,11 +127,19 @@ def _publish_best_model(
         return
     stored = store.put_file(best, f"jobs/{job_id}/model/{BEST_MODEL_FILE}")
     tracker.log_artifact(run_id, best, "model")
-    # rfdetr keeps the epoch with the best validation AP (live or EMA weights, as bbox/AP is).
-    history = tracker.history(run_id, "bbox/AP")
+    # rfdetr keeps the epoch with the best validation AP (live or EMA weights, as bbox/AP is);
+    # a segmentation model's best epoch is the one with the best mask AP.
+    metric = "segm/AP" if segmentation else "bbox/AP"
+    history = tracker.history(run_id, metric)
     if history:
         best_epoch, best_ap = max(history, key=lambda point: point[1])
-        tracker.log_metrics(run_id, {"best/bbox/AP": best_ap, "best/epoch": best_epoch}, step=0)
+        figures = {f"best/{metric}": best_ap, "best/epoch": best_epoch}
+        if segmentation:
+            # The box AP of that same epoch: what the best-model file scores on boxes.
+            boxes = dict(tracker.history(run_id, "bbox/AP"))
+            if best_epoch in boxes:
+                figures["best/bbox/AP"] = boxes[best_epoch]
+        tracker.log_metrics(run_id, figures, step=0)
     tracker.set_tags(
         run_id,
         {

@@ -50,15 +50,16 @@ def plot_front(result: dict[str, Any], path: Path) -> None:
     for trial in result["trials"]:
         if trial["p95_ms"] is None or trial["best_ap"] is None:
             continue
+        base_size = trial["model_size"].removeprefix("seg-")  # seg-nano is drawn as nano
         ax.scatter(
             trial["p95_ms"],
             trial["best_ap"],
-            color=colors.get(trial["model_size"], "gray"),
+            color=colors.get(base_size, "gray"),
             marker="x" if trial["state"] == "STOPPED_EARLY" else "o",
             label=trial["model_size"],
         )
         ax.annotate(
-            f"{trial['model_size'][0]}{trial['resolution']}",
+            f"{base_size[0]}{trial['resolution']}",
             (trial["p95_ms"], trial["best_ap"]),
             fontsize=7,
             xytext=(3, 3),
@@ -85,7 +86,8 @@ def plot_front(result: dict[str, Any], path: Path) -> None:
     unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=8)
     ax.set_xlabel(f"p95 latency on {result['target']} (ms, end to end)")
-    ax.set_ylabel("validation bbox AP")
+    metric = result.get("metric", "bbox/AP")
+    ax.set_ylabel("validation mask AP" if metric == "segm/AP" else "validation bbox AP")
     ax.set_title(f"sweep {result['job_id']}: AP vs p95 (x = stopped early by ASHA)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -105,7 +107,10 @@ def summarize(
     return {
         "job_id": job_id,
         "target": spec.target,
-        "objective": "sweep/score = round(bbox/AP, 4) + 1e-5 / (1 + val/loss); AP = best epoch",
+        "metric": spec.metric,
+        "objective": (
+            f"sweep/score = round({spec.metric}, 4) + 1e-5 / (1 + val/loss); AP = best epoch"
+        ),
         "scheduler": spec.scheduler.model_dump(mode="json"),
         "max_epochs": spec.max_epochs,
         "search": spec.search,
@@ -175,12 +180,12 @@ def _run(ctx: JobContext) -> dict[str, str]:
         "sweep/wall_s": result["wall_s"],
     }
     if result["best"] is not None:
-        metrics["best/bbox/AP"] = result["best"]["ap"]
+        metrics[f"best/{spec.metric}"] = result["best"]["ap"]
         metrics["best/latency_ms/p95"] = result["best"]["p95_ms"]
     tags = {Tag.WALL_S: str(result["wall_s"])}
     pick = result["pick"]["pick"]
     if pick is not None:
-        metrics["pick/bbox/AP"] = pick["ap"]
+        metrics[f"pick/{spec.metric}"] = pick["ap"]
         metrics["pick/latency_ms/p95"] = pick["p95_ms"]
         tags[Tag.SWEEP_PICK] = pick["key"]
     if result["best"] is not None:

@@ -95,8 +95,8 @@ class SweepTrials:
         rec = self.record(trial)
         rec.state = "RUNNING"
         rec.epochs = int(result.get("training_iteration", rec.epochs))
-        rec.ap = _num(result.get("bbox/AP"))
-        rec.best_ap = _num(result.get("best/bbox/AP"))
+        rec.ap = _num(result.get(self.spec.metric))
+        rec.best_ap = _num(result.get(f"best/{self.spec.metric}"))
         rec.score = _num(result.get("sweep/score"))
         if rec.score is not None and (rec.best_score is None or rec.score > rec.best_score):
             rec.best_score = rec.score

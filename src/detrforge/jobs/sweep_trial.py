@@ -8,6 +8,7 @@ everything a stopped trial leaves behind is written before each ``tune.report``.
 
 The objective ASHA ranks (``sweep/score``) is validation AP rounded to 4 decimals, plus a
 tiebreak below that precision from validation loss: ``round(AP, 4) + 1e-5 / (1 + val_loss)``.
+AP is the sweep's ranking metric: box AP, or mask AP (``segm/AP``) for segmentation sizes.
 Trained from scratch, AP is often exactly 0 for every trial after an epoch or two; ASHA never
 stops a trial when all values tie, so the loss decides then, and it never overrides a real AP
 difference (>= 1e-4).
@@ -24,7 +25,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from detrforge.detector.specs import FinetuneSpec
-from detrforge.detector.sweep_specs import SweepSpec
+from detrforge.detector.sweep_specs import RANKING_METRICS, SweepSpec
 from detrforge.platform.artifact_store import ArtifactStore
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
@@ -119,6 +120,7 @@ class TrialCallback(pl.Callback):
         self.best_score = -math.inf
         self.best_ap: float | None = None
         self.checkpoint: dict[str, Any] = {}
+        self.metric = RANKING_METRICS[spec.task or "detection"]
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         import torch
@@ -133,7 +135,7 @@ class TrialCallback(pl.Callback):
         epoch = trainer.current_epoch
         raw = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics = epoch_metrics(trainer.callback_metrics, use_ema=self.spec.use_ema)
-        ap = metrics.get("bbox/AP")
+        ap = metrics.get(self.metric)
         val_loss = raw.get("val/loss")
         score = objective(ap, val_loss)
         if score > self.best_score:
@@ -144,12 +146,12 @@ class TrialCallback(pl.Callback):
         if val_loss is not None:
             logged["val/loss"] = val_loss
         if self.best_ap is not None:
-            logged["best/bbox/AP"] = self.best_ap
+            logged[f"best/{self.metric}"] = self.best_ap
         self.tracker.log_metrics(self.run_id, logged, step=epoch)
 
         report: dict[str, Any] = {
-            "bbox/AP": ap if ap is not None else math.nan,
-            "best/bbox/AP": self.best_ap if self.best_ap is not None else math.nan,
+            self.metric: ap if ap is not None else math.nan,
+            f"best/{self.metric}": self.best_ap if self.best_ap is not None else math.nan,
             "val/loss": val_loss if val_loss is not None else math.nan,
             SCORE: score,
             "epoch": epoch + 1,
@@ -175,8 +177,10 @@ class TrialCallback(pl.Callback):
         )
         if writer is None:
             raise RuntimeError("rfdetr's BestModelCallback is missing; cannot save trial weights")
-        ema_ap = raw.get("val/ema_mAP_50_95", -1.0)
-        use_ema = self.spec.use_ema and ema_ap >= raw.get("val/mAP_50_95", -1.0)
+        # Live or EMA weights: whichever scores better on the ranking metric.
+        key = "segm_mAP_50_95" if self.metric == "segm/AP" else "mAP_50_95"
+        ema_ap = raw.get(f"val/ema_{key}", -1.0)
+        use_ema = self.spec.use_ema and ema_ap >= raw.get(f"val/{key}", -1.0)
         state = (
             writer._get_ema_model_state_dict(trainer, pl_module)
             if use_ema

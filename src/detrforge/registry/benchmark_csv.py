@@ -39,6 +39,7 @@ from detrforge.registry.benchmark_fields import (
     DOCUMENT_FIELDS,
     FLOAT_FIELDS,
     INT_FIELDS,
+    LATER_COLUMNS,
     OPTIONAL_FIELDS,
 )
 from detrforge.registry.entities import BenchmarkRecord
@@ -122,7 +123,7 @@ def from_csv(text: str) -> list[dict[str, Any]]:
         if header.count(column) > 1:
             raise InvalidSpecError(f"benchmark CSV column {column!r} repeats", field=column)
     for column in BENCHMARK_CSV_COLUMNS:
-        if column not in header and column not in DOCUMENT_FIELDS:
+        if column not in header and column not in LATER_COLUMNS:
             raise InvalidSpecError(f"benchmark CSV lacks column {column!r}", field=column)
     records = []
     for line, cells in enumerate(reader, start=2):
@@ -133,7 +134,7 @@ def from_csv(text: str) -> list[dict[str, Any]]:
                 f"benchmark CSV row {line} has {len(cells)} cells, the header {len(header)}",
                 field="csv",
             )
-        record: dict[str, Any] = {"environment": {}, **dict.fromkeys(DOCUMENT_FIELDS)}
+        record: dict[str, Any] = {"environment": {}, **dict.fromkeys(LATER_COLUMNS)}
         for column, cell in zip(header, cells, strict=True):
             env_key = _env_key(column)
             if env_key:

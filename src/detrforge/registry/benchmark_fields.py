@@ -16,6 +16,8 @@ __all__ = [
     "DOCUMENT_FIELDS",
     "FLOAT_FIELDS",
     "INT_FIELDS",
+    "LATER_COLUMNS",
+    "MASK_MS_FIELDS",
     "OPTIONAL_FIELDS",
     "aware_utc",
     "check_record",
@@ -43,7 +45,10 @@ _OPTIONAL_TEXT = {
 _REQUIRED_INT = {"resolution": 1, "batch_size": 1, "warmup": 0, "runs": 1}
 _OPTIONAL_INT = {"model_version": 1, "threads": 1}
 _REQUIRED_MS = ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms")
-_OPTIONAL_MS = ("e2e_p50_ms", "e2e_p95_ms", "e2e_p99_ms")
+# A segmentation model's mask decoding (upsampling and thresholding its masks), timed apart from
+# the model (``p*_ms``) and inside end to end (``e2e_*``); None for a detection model.
+MASK_MS_FIELDS = ("mask_p50_ms", "mask_p95_ms", "mask_p99_ms")
+_OPTIONAL_MS = ("e2e_p50_ms", "e2e_p95_ms", "e2e_p99_ms", *MASK_MS_FIELDS)
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
 # Nested JSON documents (a CSV cell holds each as JSON; exports from before them lack the column):
@@ -79,11 +84,14 @@ BENCHMARK_CSV_COLUMNS: tuple[str, ...] = (
     "e2e_p50_ms",
     "e2e_p95_ms",
     "e2e_p99_ms",
+    *MASK_MS_FIELDS,
     "images_per_s",
     "mlflow_run_id",
     "dataset_fingerprint",
     *DOCUMENT_FIELDS,
 )
+# Columns that CSV exports from before them lack (read back as None).
+LATER_COLUMNS = frozenset((*DOCUMENT_FIELDS, *MASK_MS_FIELDS))
 # Fields a new record may give: every field but the id, which the store assigns.
 _ADDABLE_FIELDS = frozenset(BENCHMARK_CSV_COLUMNS) - {"id"} | {"environment"}
 OPTIONAL_FIELDS = (

@@ -38,6 +38,7 @@ from detrforge.registry.entities import (
     PromotionState,
     Role,
     Stage,
+    VersionVariant,
 )
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "SqlModelVersion",
     "SqlPromotion",
     "SqlRegisteredModel",
+    "SqlVersionVariant",
 ]
 
 # JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
@@ -211,6 +213,9 @@ class SqlBenchmarkRecord(Base):
     dataset_fingerprint: Mapped[str | None] = mapped_column(String(128))
     paired: Mapped[dict[str, Any] | None] = mapped_column(JSON_TYPE)
     node_load: Mapped[dict[str, Any] | None] = mapped_column(JSON_TYPE)
+    mask_p50_ms: Mapped[float | None] = mapped_column(Double)
+    mask_p95_ms: Mapped[float | None] = mapped_column(Double)
+    mask_p99_ms: Mapped[float | None] = mapped_column(Double)
 
     def to_entity(self) -> BenchmarkRecord:
         return BenchmarkRecord(
@@ -249,6 +254,9 @@ class SqlBenchmarkRecord(Base):
             dataset_fingerprint=self.dataset_fingerprint,
             paired=self.paired,
             node_load=self.node_load,
+            mask_p50_ms=self.mask_p50_ms,
+            mask_p95_ms=self.mask_p95_ms,
+            mask_p99_ms=self.mask_p99_ms,
         )
 
 
@@ -469,4 +477,49 @@ class SqlAuditEvent(Base):
             reason=self.reason,
             request_id=self.request_id,
             details=dict(self.details or {}),
+        )
+
+
+class SqlVersionVariant(Base):
+    """A built variant of a version; the same bytes (sha256) are recorded once per version."""
+
+    __tablename__ = "version_variants"
+    __table_args__ = (
+        Index("uq_version_variants_version_name_sha", "version_id", "name", "sha256", unique=True),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(32))
+    runtime: Mapped[str] = mapped_column(String(32))
+    precision: Mapped[str] = mapped_column(String(8))
+    artifact_uri: Mapped[str] = mapped_column(Text)
+    model_file: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    build_seconds: Mapped[float] = mapped_column(Double)
+    recipe: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    def to_entity(self, model_name: str, version: int) -> VersionVariant:
+        return VersionVariant(
+            id=self.id,
+            model_name=model_name,
+            version=version,
+            name=self.name,
+            runtime=self.runtime,
+            precision=self.precision,
+            artifact_uri=self.artifact_uri,
+            model_file=self.model_file,
+            sha256=self.sha256,
+            size_bytes=self.size_bytes,
+            build_seconds=self.build_seconds,
+            recipe=dict(self.recipe),
+            metrics=dict(self.metrics or {}),
+            created_by=self.created_by,
+            created_at=self.created_at,
         )

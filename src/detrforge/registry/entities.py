@@ -24,6 +24,7 @@ __all__ = [
     "Role",
     "Stage",
     "SystemPrincipal",
+    "VersionVariant",
 ]
 
 
@@ -232,6 +233,11 @@ class BenchmarkRecord:
     paired: dict[str, Any] | None = None
     # The node's load average and busiest other processes during the measurement.
     node_load: dict[str, Any] | None = None
+    # A segmentation model's mask decoding (upsample to the image, threshold): its p50/p95/p99,
+    # apart from the model (``p*_ms``) and inside end to end; None for a detection model.
+    mask_p50_ms: float | None = None
+    mask_p95_ms: float | None = None
+    mask_p99_ms: float | None = None
 
 
 class Stage(StrEnum):
@@ -374,3 +380,28 @@ class AuditEvent:
     reason: str | None
     request_id: str | None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionVariant:
+    """A built inference variant of a model version: its content-addressed artifact and recipe.
+
+    ``artifact_uri`` is the folder ``<artifact root>/variants/<sha256>/``; ``model_file`` the
+    file in it a runtime loads. ``metrics`` holds what was measured of it (latency, AP).
+    """
+
+    id: str
+    model_name: str
+    version: int
+    name: str
+    runtime: str
+    precision: str
+    artifact_uri: str
+    model_file: str
+    sha256: str
+    size_bytes: int
+    build_seconds: float
+    recipe: dict[str, Any]
+    metrics: dict[str, Any]
+    created_by: str
+    created_at: datetime

@@ -8,7 +8,8 @@ promotion service gathers the evidence, the registry store records the verdict.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
@@ -24,6 +25,7 @@ from detrforge.registry.entities import GateResult
 
 __all__ = [
     "AP_METRIC",
+    "MASK_AP_METRIC",
     "P95_METRIC",
     "Evidence",
     "EvalSet",
@@ -33,6 +35,7 @@ __all__ = [
 ]
 
 AP_METRIC = "bbox/AP"
+MASK_AP_METRIC = "segm/AP"
 P95_METRIC = "latency_ms/p95"
 
 
@@ -60,6 +63,13 @@ class TargetGate(_Frozen):
     target: Name
     max_p95_ratio: float | None = Field(default=None, gt=0)
     p95_sla_ms: float | None = Field(default=None, gt=0)
+    variant: Name | None = Field(
+        default=None,
+        description="The inference variant that ships on this target (e.g. onnx-int8; see "
+        "`detrforge optimize`): the latency and AP gates measure that artifact, and "
+        "GET /models/{name}/aliases/production?target= answers with it. Default: the "
+        "checkpoint itself, on the target's backend.",
+    )
 
     @model_validator(mode="after")
     def _one_check(self) -> TargetGate:
@@ -76,6 +86,15 @@ class GatePolicy(_Frozen):
     eval: EvalSet | None = None
     ap_floor: float | None = Field(default=None, ge=0, le=1)
     max_ap_drop: float | None = Field(default=None, ge=0, le=1)
+    mask_ap_floor: float | None = Field(
+        default=None, ge=0, le=1, description="Segmentation models: the lowest mask AP (segm/AP)."
+    )
+    max_mask_ap_drop: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Segmentation models: the largest mask AP drop vs production.",
+    )
     targets: list[TargetGate] = Field(default_factory=list, max_length=64)
     benchmark_runs: int | None = Field(
         default=None,
@@ -103,6 +122,10 @@ class GatePolicy(_Frozen):
     def _eval_set_for_ap(self) -> GatePolicy:
         if (self.ap_floor is not None or self.max_ap_drop is not None) and self.eval is None:
             raise ValueError("ap_floor and max_ap_drop need an eval set: set eval.dataset")
+        if self.needs_mask_ap and self.eval is None:
+            raise ValueError(
+                "mask_ap_floor and max_mask_ap_drop need an eval set with masks: set eval.dataset"
+            )
         names = [gate.target for gate in self.targets]
         if len(names) != len(set(names)):
             raise ValueError("targets: each hardware target may appear once")
@@ -110,7 +133,17 @@ class GatePolicy(_Frozen):
 
     @property
     def needs_ap(self) -> bool:
-        return self.ap_floor is not None or self.max_ap_drop is not None
+        """Whether any gate reads an evaluation (box or mask AP)."""
+        return self.ap_floor is not None or self.max_ap_drop is not None or self.needs_mask_ap
+
+    @property
+    def needs_mask_ap(self) -> bool:
+        return self.mask_ap_floor is not None or self.max_mask_ap_drop is not None
+
+    @property
+    def compares_ap(self) -> bool:
+        """Whether a gate compares AP with production's (the baseline is evaluated too)."""
+        return self.max_ap_drop is not None or self.max_mask_ap_drop is not None
 
     @property
     def is_empty(self) -> bool:
@@ -135,6 +168,11 @@ class Evidence:
     version: int
     ap: float | None = None
     ap_evidence: dict[str, Any] = field(default_factory=dict)
+    # Mask AP (segm/AP) from the same evaluation; None for a detection model.
+    mask_ap: float | None = None
+    # Per target that ships a variant: that artifact's AP on the pinned set, with sources.
+    variant_ap: dict[str, float] = field(default_factory=dict)
+    variant_ap_evidence: dict[str, dict[str, Any]] = field(default_factory=dict)
     p95_ms: dict[str, float] = field(default_factory=dict)
     p95_evidence: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Per target: the paired A/B against production (jobs.benchmark's summary), if measured.
@@ -154,12 +192,43 @@ def check_gates(
         results.append(_ap_floor(policy.ap_floor, candidate))
     if policy.max_ap_drop is not None:
         results.append(_ap_drop(policy.max_ap_drop, candidate, baseline))
+    if policy.mask_ap_floor is not None:
+        results.append(_mask_ap_floor(policy.mask_ap_floor, candidate))
+    if policy.max_mask_ap_drop is not None:
+        results.append(_mask_ap_drop(policy.max_mask_ap_drop, candidate, baseline))
     for gate in policy.targets:
+        if gate.variant is not None:
+            # What ships on the target is held to the same AP checks as the checkpoint.
+            shipped = _shipped(candidate, gate.target)
+            base = _shipped(baseline, gate.target) if baseline is not None else None
+            if policy.ap_floor is not None:
+                results.append(_targeted(_ap_floor(policy.ap_floor, shipped), gate))
+            if policy.max_ap_drop is not None:
+                results.append(_targeted(_ap_drop(policy.max_ap_drop, shipped, base), gate))
         if gate.max_p95_ratio is not None:
             results.append(_p95_ratio(gate.target, gate.max_p95_ratio, candidate, baseline))
         if gate.p95_sla_ms is not None:
             results.append(_p95_sla(gate.target, gate.p95_sla_ms, candidate))
     return results
+
+
+def _shipped(evidence: Evidence, target: str) -> Evidence:
+    """``evidence`` with the AP of what ships on ``target`` in place of the checkpoint's."""
+    ap = evidence.variant_ap.get(target)
+    return Evidence(
+        version=evidence.version,
+        ap=float("nan") if ap is None else ap,
+        ap_evidence=evidence.variant_ap_evidence.get(target, {}),
+    )
+
+
+def _targeted(result: GateResult, gate: TargetGate) -> GateResult:
+    """An AP check of the variant shipped on ``gate``'s target: named after it."""
+    return replace(
+        result,
+        target=gate.target,
+        detail=f"{gate.variant} on {gate.target}: {result.detail}",
+    )
 
 
 def _evidence(candidate: Evidence, baseline: Evidence | None, key: str) -> dict[str, Any]:
@@ -171,59 +240,132 @@ def _evidence(candidate: Evidence, baseline: Evidence | None, key: str) -> dict[
 
 def _ap_floor(floor: float, candidate: Evidence) -> GateResult:
     ap = _required(candidate.ap, "candidate AP")
-    passed = ap >= floor
-    detail = (
-        f"AP {ap:.4f} meets the floor {floor:.4f}"
-        if passed
-        else f"AP {ap:.4f} is {floor - ap:.4f} below the floor {floor:.4f}"
-    )
-    return GateResult(
-        gate="ap_floor",
-        metric=AP_METRIC,
-        candidate=ap,
-        baseline=None,
-        threshold=floor,
-        passed=passed,
-        detail=detail,
-        evidence={"candidate": candidate.ap_evidence},
-    )
+    evidence = {"candidate": candidate.ap_evidence}
+    return _floor("ap_floor", AP_METRIC, "AP", ap, floor, evidence)
 
 
 def _ap_drop(max_drop: float, candidate: Evidence, baseline: Evidence | None) -> GateResult:
     ap = _required(candidate.ap, "candidate AP")
+    evidence = {"candidate": candidate.ap_evidence}
     if baseline is None:
-        return GateResult(
-            gate="max_ap_drop",
-            metric=AP_METRIC,
-            candidate=ap,
-            baseline=None,
-            threshold=max_drop,
-            passed=True,
-            detail="no production version to compare with",
-            evidence={"candidate": candidate.ap_evidence},
-        )
+        detail = "no production version to compare with"
+        return _uncompared("max_ap_drop", AP_METRIC, ap, max_drop, detail, evidence)
+    evidence["baseline"] = baseline.ap_evidence
     base = _required(baseline.ap, "production AP")
-    drop = base - ap
+    return _drop("max_ap_drop", AP_METRIC, "AP", ap, base, baseline.version, max_drop, evidence)
+
+
+def _no_mask_ap(gate: str, threshold: float, version: int, evidence: dict[str, Any]) -> GateResult:
+    """A mask gate on a version whose evaluation has no mask AP: it fails, saying why."""
+    return GateResult(
+        gate=gate,
+        metric=MASK_AP_METRIC,
+        candidate=None,
+        baseline=None,
+        threshold=threshold,
+        passed=False,
+        detail=f"v{version} has no mask AP (segm/AP): a mask gate needs a segmentation model "
+        "(a seg-* size) evaluated on a set with masks",
+        evidence=evidence,
+    )
+
+
+def _mask_ap_floor(floor: float, candidate: Evidence) -> GateResult:
+    evidence = {"candidate": candidate.ap_evidence}
+    if candidate.mask_ap is None or math.isnan(candidate.mask_ap):
+        return _no_mask_ap("mask_ap_floor", floor, candidate.version, evidence)
+    return _floor("mask_ap_floor", MASK_AP_METRIC, "mask AP", candidate.mask_ap, floor, evidence)
+
+
+def _mask_ap_drop(max_drop: float, candidate: Evidence, baseline: Evidence | None) -> GateResult:
+    gate = "max_mask_ap_drop"
+    evidence = {"candidate": candidate.ap_evidence}
+    if candidate.mask_ap is None or math.isnan(candidate.mask_ap):
+        return _no_mask_ap(gate, max_drop, candidate.version, evidence)
+    ap = float(candidate.mask_ap)
+    if baseline is None:
+        detail = "no production version to compare with"
+        return _uncompared(gate, MASK_AP_METRIC, ap, max_drop, detail, evidence)
+    evidence["baseline"] = baseline.ap_evidence
+    if baseline.mask_ap is None or math.isnan(baseline.mask_ap):
+        # Production is a detection model: there is no mask AP to hold the candidate to.
+        detail = f"production v{baseline.version} has no mask AP to compare with"
+        return _uncompared(gate, MASK_AP_METRIC, ap, max_drop, detail, evidence)
+    base = float(baseline.mask_ap)
+    return _drop(gate, MASK_AP_METRIC, "mask AP", ap, base, baseline.version, max_drop, evidence)
+
+
+def _floor(
+    gate: str, metric: str, label: str, value: float, floor: float, evidence: dict[str, Any]
+) -> GateResult:
+    """``value`` (an AP named ``label`` in the detail) held to ``floor``."""
+    value = float(value)
+    passed = value >= floor
+    detail = (
+        f"{label} {value:.4f} meets the floor {floor:.4f}"
+        if passed
+        else f"{label} {value:.4f} is {floor - value:.4f} below the floor {floor:.4f}"
+    )
+    return GateResult(
+        gate=gate,
+        metric=metric,
+        candidate=value,
+        baseline=None,
+        threshold=floor,
+        passed=passed,
+        detail=detail,
+        evidence=evidence,
+    )
+
+
+def _uncompared(
+    gate: str, metric: str, value: float, max_drop: float, detail: str, evidence: dict[str, Any]
+) -> GateResult:
+    """A relative check with nothing to compare with: it passes, and ``detail`` says why."""
+    return GateResult(
+        gate=gate,
+        metric=metric,
+        candidate=value,
+        baseline=None,
+        threshold=max_drop,
+        passed=True,
+        detail=detail,
+        evidence=evidence,
+    )
+
+
+def _drop(
+    gate: str,
+    metric: str,
+    label: str,
+    value: float,
+    base: float,
+    version: int,
+    max_drop: float,
+    evidence: dict[str, Any],
+) -> GateResult:
+    """``value`` may be at most ``max_drop`` below production v``version``'s ``base``."""
+    drop = base - value
     passed = drop <= max_drop + 1e-12
     if passed:
         detail = (
-            f"AP {ap:.4f} vs production v{baseline.version} {base:.4f}: change {-drop:+.4f}, "
+            f"{label} {value:.4f} vs production v{version} {base:.4f}: change {-drop:+.4f}, "
             f"within the allowed drop {max_drop:.4f}"
         )
     else:
         detail = (
-            f"AP {ap:.4f} is {drop:.4f} below production v{baseline.version}'s {base:.4f}; "
+            f"{label} {value:.4f} is {drop:.4f} below production v{version}'s {base:.4f}; "
             f"the policy allows a drop of {max_drop:.4f} (exceeded by {drop - max_drop:.4f})"
         )
     return GateResult(
-        gate="max_ap_drop",
-        metric=AP_METRIC,
-        candidate=ap,
+        gate=gate,
+        metric=metric,
+        candidate=value,
         baseline=base,
         threshold=max_drop,
         passed=passed,
         detail=detail,
-        evidence={"candidate": candidate.ap_evidence, "baseline": baseline.ap_evidence},
+        evidence=evidence,
     )
 
 

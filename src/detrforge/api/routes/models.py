@@ -14,6 +14,7 @@ from detrforge.api.errors import ERROR_RESPONSES
 from detrforge.api.media import CSV_EXPORT
 from detrforge.api.params import PageLimit, PageOffset, QueryText, QueryTime, VersionNumber
 from detrforge.api.registry_schemas import (
+    AliasPublic,
     AuditEventPublic,
     AuditEventsPublic,
     ModelCreate,
@@ -24,11 +25,17 @@ from detrforge.api.registry_schemas import (
     PromotionsPublic,
     RollbackCreate,
     TrialRegister,
+    VariantPublic,
+    VariantsPublic,
     VersionCreate,
     VersionPublic,
     VersionsPublic,
     parse_policy,
 )
+from detrforge.api.schemas import JobPublic
+from detrforge.detector.optimize_specs import OptimizeRequest
+from detrforge.detector.specs import parse_spec
+from detrforge.platform.limits import Name
 from detrforge.registry.entities import RegisteredModel, Stage
 from detrforge.registry.gates import GatePolicy
 
@@ -160,17 +167,69 @@ def get_version(
     return VersionPublic.model_validate(services.versions.store.get_version(name, version))
 
 
-@router.get("/models/{name}/aliases/{alias}", response_model=VersionPublic)
+@router.get("/models/{name}/versions/{version}/variants", response_model=VariantsPublic)
+def list_variants(
+    name: str, version: VersionNumber, services: ServicesDep, _: Viewer
+) -> VariantsPublic:
+    """The version's built inference variants: artifact URI, sha256, recipe and measurements."""
+    variants = services.variants.list_variants(name, version)
+    return VariantsPublic(items=[VariantPublic.model_validate(v) for v in variants])
+
+
+@router.post(
+    "/models/{name}/versions/{version}/optimize",
+    response_model=JobPublic,
+    status_code=201,
+    openapi_extra=json_body(OptimizeRequest),
+)
+def optimize_version(
+    name: str,
+    version: VersionNumber,
+    body: Annotated[Any, Body()],
+    services: ServicesDep,
+    key: Operator,
+) -> JobPublic:
+    """Build the version's inference variants on a hardware target, time each against eager
+    (paired, in one process) and score each on the eval set; each artifact is stored by its
+    sha256 and recorded on the version when the job succeeds (GET .../variants)."""
+    request = parse_spec(OptimizeRequest, body)
+    return JobPublic.of(services.variants.optimize(name, version, request, principal=key))
+
+
+@router.get("/models/{name}/aliases/{alias}", response_model=AliasPublic)
 def get_alias(
-    name: str, alias: Literal["staging", "production"], services: ServicesDep, _: Viewer
-) -> VersionPublic:
-    """The version holding ``production`` (or ``staging``): what a serving fleet asks for."""
+    name: str,
+    alias: Literal["staging", "production"],
+    services: ServicesDep,
+    _: Viewer,
+    target: Annotated[
+        Name | None,
+        Query(
+            description="A hardware target of the model's gate policy: answer with the "
+            "variant the policy ships there (its artifact URI and sha256)."
+        ),
+    ] = None,
+) -> AliasPublic:
+    """The version holding ``production`` (or ``staging``) and the artifact to deploy: what a
+    serving fleet asks for (``?target=`` for what ships on that hardware)."""
     from detrforge.platform.errors import NotFoundError
 
+    model = services.versions.store.get_model(name)
     version = services.versions.store.version_in_stage(name, Stage(alias))
     if version is None:
         raise NotFoundError(f"model {name!r} has no {alias} version", field="alias")
-    return VersionPublic.model_validate(version)
+    policy = GatePolicy.model_validate(model.policy) if model.policy else None
+    shipped = services.variants.shipped(version, policy, target) if target else None
+    return AliasPublic.model_validate(
+        {
+            **VersionPublic.model_validate(version).model_dump(),
+            "target": target,
+            "variant": shipped.name if shipped else None,
+            "artifact_uri": shipped.artifact_uri if shipped else version.checkpoint_uri,
+            "artifact_sha256": shipped.sha256 if shipped else version.checkpoint_sha256,
+            "model_file": shipped.model_file if shipped else None,
+        }
+    )
 
 
 @router.post(

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from detrforge.api.bodies import json_body
 from detrforge.api.deps import Operator, ServicesDep, Viewer
@@ -16,7 +16,7 @@ from detrforge.api.pagination import JobPage, jobs_page
 from detrforge.api.schemas import JobPublic, JobsPublic
 from detrforge.control.sweeps import SweepService
 from detrforge.detector.specs import parse_spec
-from detrforge.detector.sweep_specs import SweepRequest
+from detrforge.detector.sweep_specs import SweepRequest, ranking_metric
 
 router = APIRouter(prefix="/api/v1/sweeps", tags=["sweeps"], responses=ERROR_RESPONSES)
 
@@ -31,12 +31,16 @@ SweepsDep = Annotated[SweepService, Depends(_sweeps)]
 
 
 class SweepPublic(JobPublic):
+    # What trials' ``ap`` and ``best_ap`` are: bbox/AP, or segm/AP (mask AP) for a seg sweep.
+    metric: str
     trials: list[dict[str, Any]]
 
 
 class SweepResultPublic(BaseModel):
     job_id: str
     target: str
+    metric: str = "bbox/AP"  # results written before seg sweeps have no such field
+    objective: str | None = Field(default=None, description="What ASHA ranked the trials by.")
     trials: list[dict[str, Any]]
     front: list[dict[str, Any]]
     best: dict[str, Any] | None
@@ -63,7 +67,11 @@ def list_sweeps(services: ServicesDep, _: Viewer, page: JobPage) -> JobsPublic:
 def get_sweep(job_id: str, sweeps: SweepsDep, _: Viewer) -> SweepPublic:
     """One sweep: state and its trials (state, epochs, AP so far, measured p95)."""
     job = sweeps.get(job_id)
-    return SweepPublic(**JobPublic.of(job).model_dump(), trials=sweeps.trials(job))
+    return SweepPublic(
+        **JobPublic.of(job).model_dump(),
+        metric=ranking_metric(job.spec),
+        trials=sweeps.trials(job),
+    )
 
 
 @router.get("/{job_id}/result", response_model=SweepResultPublic)

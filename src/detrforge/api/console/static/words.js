@@ -19,6 +19,12 @@ export function policyWords(policy) {
   if (policy.max_ap_drop !== null && policy.max_ap_drop !== undefined) {
     out.push(`AP may drop at most ${policy.max_ap_drop} below the production version's ${where}.`);
   }
+  if (policy.mask_ap_floor !== null && policy.mask_ap_floor !== undefined) {
+    out.push(`Mask AP (segmentation) must be at least ${policy.mask_ap_floor} ${where}.`);
+  }
+  if (policy.max_mask_ap_drop !== null && policy.max_mask_ap_drop !== undefined) {
+    out.push(`Mask AP may drop at most ${policy.max_mask_ap_drop} below the production version's ${where}.`);
+  }
   for (const gate of policy.targets || []) {
     if (gate.max_p95_ratio !== null && gate.max_p95_ratio !== undefined) {
       out.push(`p95 on ${gate.target} at most ${gate.max_p95_ratio}× production's.`);

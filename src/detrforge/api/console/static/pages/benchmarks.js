@@ -43,6 +43,8 @@ function pinsPanel(panel, r, changes, metric) {
     panel,
     el("h3", {}, seriesName(r)),
     el("p", {}, `${fmtTime(r.created_at)} · p50 ${fmtMs(r.p50_ms)} · p95 ${fmtMs(r.p95_ms)} · p99 ${fmtMs(r.p99_ms)} (${metric.replace("_ms", "")} plotted)`),
+    // A segmentation model's mask decoding, timed apart from the model.
+    r.mask_p95_ms !== null && r.mask_p95_ms !== undefined ? el("p", {}, `mask decoding: p50 ${fmtMs(r.mask_p50_ms)} · p95 ${fmtMs(r.mask_p95_ms)} · p99 ${fmtMs(r.mask_p99_ms)}`) : null,
     changes.length ? el("p", { class: "changed" }, "◆ pins changed: ", changes.join("; ")) : null,
     el("p", {}, "job ", link(paths.job(r.job_id), r.job_id), r.node_id ? ` · node ${r.node_id}` : "", ` · sha256 `, short(r.checkpoint_sha256)),
     el(
@@ -110,9 +112,9 @@ async function render() {
   replace(
     "records",
     table(
-      ["Time", "Target", "Series", "p50", "p95", "p99", "torch", "rfdetr", "Job"],
+      ["Time", "Target", "Series", "p50", "p95", "p99", "masks p95", "torch", "rfdetr", "Job"],
       items.map((r) =>
-        row(fmtTime(r.created_at), r.target, seriesName(r), fmtMs(r.p50_ms), fmtMs(r.p95_ms), fmtMs(r.p99_ms), String((r.environment || {}).torch ?? "—"), String((r.environment || {}).rfdetr ?? "—"), link(paths.job(r.job_id), r.job_id)),
+        row(fmtTime(r.created_at), r.target, seriesName(r), fmtMs(r.p50_ms), fmtMs(r.p95_ms), fmtMs(r.p99_ms), r.mask_p95_ms === null || r.mask_p95_ms === undefined ? "—" : fmtMs(r.mask_p95_ms), String((r.environment || {}).torch ?? "—"), String((r.environment || {}).rfdetr ?? "—"), link(paths.job(r.job_id), r.job_id)),
       ),
       { id: "records-table" },
     ),

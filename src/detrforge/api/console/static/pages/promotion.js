@@ -66,7 +66,10 @@ function evidenceRows(items) {
       e.kind === "evaluate" ? (e.ap !== undefined && e.ap !== null ? `AP ${fmtNumber(e.ap)}` : "—") : e.p95_ms ? `p95 ${Number(e.p95_ms).toFixed(1)} ms` : "—",
       e.job_id ? link(paths.job(e.job_id), e.job_id) : "—",
       mlflowRun(e.mlflow_run_id),
-      e.reused ? "reused" : "",
+      // What was measured when it is not the checkpoint: the shipped variant's artifact.
+      [e.reused ? "reused" : "", e.artifact ? `${e.artifact.variant} ${e.artifact.sha256.slice(0, 12)}` : ""]
+        .filter(Boolean)
+        .join("; "),
     ),
   );
 }

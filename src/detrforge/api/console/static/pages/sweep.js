@@ -102,7 +102,7 @@ async function render() {
   replace(
     "scatter",
     points.length
-      ? el("div", { class: "chart-wrap" }, scatterChart(points.map(toPoint), { front: onFront.map(toPoint), sla, xLabel: "p95 latency (ms)", yLabel: "validation AP" }))
+      ? el("div", { class: "chart-wrap" }, scatterChart(points.map(toPoint), { front: onFront.map(toPoint), sla, xLabel: "p95 latency (ms)", yLabel: sweep.metric === "segm/AP" ? "validation mask AP" : "validation AP" }))
       : empty("No trial has both an AP and a measured p95 yet."),
   );
   replace(
