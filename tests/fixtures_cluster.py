@@ -331,6 +331,33 @@ class ApiHarness:
     def headers(self, role: Role = Role.admin) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[role]}"}
 
+    def call(self, method: str, path: str, body: Any = None, role: Role = Role.approver) -> Any:
+        """``method /api/v1{path}`` as ``role``; asserts a 2xx and returns the JSON it answered."""
+        response = self.client.request(
+            method, f"/api/v1{path}", json=body, headers=self.headers(role)
+        )
+        status = response.status_code
+        assert status < 300, f"{method} {path}: {status} {response.text}"
+        return response.json()
+
+    def promote(self, model: str, version: int, *, timeout_s: float = 420) -> dict[str, Any]:
+        """Promote ``model`` v``version`` to production; the promotion once applied or failed.
+
+        Fails fast when the cluster dies; a wait that runs out says what holds the cluster.
+        """
+        path = f"/models/{model}/versions/{version}/promotions"
+        promotion = self.call("POST", path, {"to": "production"})
+        ended = wait_until(
+            lambda: self.call("GET", f"/promotions/{promotion['id']}"),
+            until=lambda p: p["state"] in ("applied", "failed"),
+            timeout_s=timeout_s,
+            every_s=2.0,
+            what=f"promotion {promotion['id']} of {model} v{version} to end",
+            alive=self.alive,
+            explain=lambda: describe_cluster(self.settings.ray_address),
+        )
+        return dict(ended)
+
     def submit(self, spec: dict[str, Any], role: Role = Role.operator) -> Any:
         return self.client.post("/api/v1/finetune-jobs", json=spec, headers=self.headers(role))
 

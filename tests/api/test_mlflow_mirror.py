@@ -31,7 +31,6 @@ from detrforge.platform.db import make_engine
 from detrforge.platform.tags import Tag
 from detrforge.platform.tracking import Tracker
 from detrforge.registry.dbmodels import SqlModelVersion
-from detrforge.registry.entities import Role
 from fixtures_cluster import ApiHarness, free_port, harness, make_settings, wait_until
 from fixtures_db import POSTGRES_URL_VARIABLE, _fresh_postgres_database
 from fixtures_mlflow import alias_checkpoint_sha256
@@ -106,23 +105,15 @@ def embedded_api(tmp_path: Path) -> Iterator[ApiHarness]:
     yield from _embedded(tmp_path)
 
 
-def _call(api: ApiHarness, method: str, path: str, body: Any = None) -> Any:
-    response = api.client.request(
-        method, f"/api/v1{path}", json=body, headers=api.headers(Role.approver)
-    )
-    assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text}"
-    return response.json()
-
-
 def _register(api: ApiHarness, checkpoint: Path) -> dict[str, Any]:
     body = {"checkpoint": str(checkpoint), "model_size": "nano", "resolution": 128}
-    return dict(_call(api, "POST", f"/models/{MODEL}/versions", body))
+    return dict(api.call("POST", f"/models/{MODEL}/versions", body))
 
 
 def _promote(api: ApiHarness, version: int, to: str) -> None:
-    promotion = _call(api, "POST", f"/models/{MODEL}/versions/{version}/promotions", {"to": to})
+    promotion = api.call("POST", f"/models/{MODEL}/versions/{version}/promotions", {"to": to})
     done = wait_until(
-        lambda: _call(api, "GET", f"/promotions/{promotion['id']}"),
+        lambda: api.call("GET", f"/promotions/{promotion['id']}"),
         until=lambda p: p["state"] in ("applied", "failed"),
         what=f"the promotion of v{version} to {to} to end",
         timeout_s=60,
@@ -140,7 +131,7 @@ def _aliases(client: MlflowClient) -> dict[str, str]:
 
 
 def _versions(api: ApiHarness) -> dict[int, dict[str, Any]]:
-    return {v["version"]: v for v in _call(api, "GET", f"/models/{MODEL}/versions")["items"]}
+    return {v["version"]: v for v in api.call("GET", f"/models/{MODEL}/versions")["items"]}
 
 
 def _assert_in_step(api: ApiHarness, dest: Path | None = None) -> dict[str, str]:
@@ -173,7 +164,7 @@ def _assert_in_step(api: ApiHarness, dest: Path | None = None) -> dict[str, str]
 def test_versions_and_aliases_follow_the_registry(mirror_case: MirrorCase, tmp_path: Path) -> None:
     api = mirror_case.api
     client = _client(api)
-    _call(api, "POST", "/models", {"name": MODEL, "description": "mirrored to MLflow"})
+    api.call("POST", "/models", {"name": MODEL, "description": "mirrored to MLflow"})
     first, second = _register(api, mirror_case.first), _register(api, mirror_case.second)
     assert (first["mlflow_version"], second["mlflow_version"]) == ("1", "2")
     distinct = {first["checkpoint_sha256"], second["checkpoint_sha256"]}
@@ -202,7 +193,7 @@ def test_versions_and_aliases_follow_the_registry(mirror_case: MirrorCase, tmp_p
     _promote(api, 2, "production")
     assert _assert_in_step(api, tmp_path / "4") == {"production": "2"}
     assert _versions(api)[1]["stage"] == "archived"
-    _call(api, "POST", f"/models/{MODEL}/rollback", {"reason": "back to v1"})
+    api.call("POST", f"/models/{MODEL}/rollback", {"reason": "back to v1"})
     assert _assert_in_step(api, tmp_path / "5") == {"production": "1"}
 
     # A mirror interrupted after MLflow made the versions but before the registry recorded
@@ -262,7 +253,7 @@ def test_a_failed_mirror_is_logged_shown_and_retried(
     server) while the registered blob is corrupt: the mirror refuses to publish it, says so in
     the log and on /ready, leaves the registry alone, and catches up once the blob is whole."""
     api = embedded_api
-    _call(api, "POST", "/models", {"name": MODEL})
+    api.call("POST", "/models", {"name": MODEL})
     registered = _register(api, nano_checkpoint)
     _promote(api, 1, "production")
     services = api.client.app.state.services  # type: ignore[attr-defined]

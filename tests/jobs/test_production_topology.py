@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,27 +61,6 @@ def topology_api(
     settings = settings.model_copy(update={"mlflow_tracking_uri": mlflow_server.uri})
     yield from harness(settings, alive=wheel_cluster.alive)
     next(databases, None)  # drops the database
-
-
-def _call(
-    api: ApiHarness, method: str, path: str, body: Any = None, role: Role = Role.approver
-) -> Any:
-    response = api.client.request(method, f"/api/v1{path}", json=body, headers=api.headers(role))
-    assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text}"
-    return response.json()
-
-
-def _promote(api: ApiHarness, version: int, timeout_s: float = 420) -> dict[str, Any]:
-    path = f"/models/{MODEL}/versions/{version}/promotions"
-    promotion: dict[str, Any] = _call(api, "POST", path, {"to": "production"})
-    deadline = time.monotonic() + timeout_s
-    while promotion["state"] not in ("applied", "failed"):
-        problem = api.alive() if api.alive else None
-        assert problem is None, problem
-        assert time.monotonic() < deadline, f"promotion stuck: {promotion}"
-        time.sleep(2.0)
-        promotion = _call(api, "GET", f"/promotions/{promotion['id']}")
-    return promotion
 
 
 def _gate(promotion: dict[str, Any], gate: str) -> dict[str, Any]:
@@ -144,17 +122,15 @@ def test_fine_tune_gate_promote_and_roll_back_on_a_production_shaped_cluster(
 
     # v1: a checkpoint file on the API's machine, copied into the store; in production before
     # any policy exists (no gates, no jobs). v2: the fine-tune, promoted through the gates.
-    _call(api, "POST", "/models", {"name": MODEL}, Role.operator)
-    v1 = _call(
-        api,
+    api.call("POST", "/models", {"name": MODEL}, Role.operator)
+    v1 = api.call(
         "POST",
         f"/models/{MODEL}/versions",
         {"checkpoint": str(nano_checkpoint), "model_size": "nano", "resolution": 128},
         Role.operator,
     )
-    assert _promote(api, v1["version"])["state"] == "applied"
-    _call(
-        api,
+    assert api.promote(MODEL, v1["version"])["state"] == "applied"
+    api.call(
         "POST",
         "/hardware-targets",
         {"name": TARGET, "resources": {WORKER_RESOURCE: 1, "CPU": 1}, "num_threads": 1},
@@ -166,13 +142,13 @@ def test_fine_tune_gate_promote_and_roll_back_on_a_production_shaped_cluster(
         "benchmark_runs": 10,
         "benchmark_warmup": 1,
     }
-    _call(api, "PUT", f"/models/{MODEL}/policy", policy)
-    v2 = _call(api, "POST", f"/models/{MODEL}/versions", {"job_id": job["id"]}, Role.operator)
+    api.call("PUT", f"/models/{MODEL}/policy", policy)
+    v2 = api.call("POST", f"/models/{MODEL}/versions", {"job_id": job["id"]}, Role.operator)
     for version in (v1, v2):
         assert version["checkpoint_uri"].startswith(f"{root}/blobs/sha256/"), version
     assert v2["checkpoint_sha256"] == job["model_sha256"] != v1["checkpoint_sha256"]
 
-    promotion = _promote(api, v2["version"])
+    promotion = api.promote(MODEL, v2["version"])
     assert promotion["state"] == "applied", promotion["message"]
     ap = _gate(promotion, "ap_floor")
     assert 0.0 <= ap["candidate"] <= 1.0 and ap["passed"], ap
@@ -181,18 +157,18 @@ def test_fine_tune_gate_promote_and_roll_back_on_a_production_shaped_cluster(
     assert latency["passed"] and 0 < latency["candidate"] < 60_000, latency
 
     # The gate's benchmark ran on the worker node, the only one with the target's resource.
-    [record] = _call(api, "GET", "/benchmark-records", role=Role.viewer)["items"]
+    [record] = api.call("GET", "/benchmark-records", role=Role.viewer)["items"]
     assert record["node_id"] == wheel_cluster.worker_node_id
     assert record["checkpoint_sha256"] == v2["checkpoint_sha256"]
 
-    rolled = _call(api, "POST", f"/models/{MODEL}/rollback", {"reason": "topology test"})
+    rolled = api.call("POST", f"/models/{MODEL}/rollback", {"reason": "topology test"})
     assert rolled["version"] == v1["version"] and rolled["stage"] == "production"
     sha = alias_checkpoint_sha256(mlflow_server.uri, MODEL, "production", tmp_path / "served")
     assert sha == v1["checkpoint_sha256"]
 
     # No job names a path of the API's machine: its venv, its source tree, its home.
     api_paths = {sys.prefix, str(Path(__file__).resolve().parents[2]), str(api.settings.home)}
-    ours = {j["id"] for j in _call(api, "GET", "/jobs?limit=100", role=Role.viewer)["items"]}
+    ours = {j["id"] for j in api.call("GET", "/jobs?limit=100", role=Role.viewer)["items"]}
     jobs = [j for j in _ray_jobs(wheel_cluster) if j.submission_id in ours]
     # The fine-tune, then the gates' evaluation and benchmark, all on this cluster.
     assert len(jobs) == len(ours) == 3, ours

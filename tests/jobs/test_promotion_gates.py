@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +30,6 @@ from detrforge.registry.promotions import PromotionStore
 from fixtures_cluster import (
     DATA_ROOTS,
     ApiHarness,
-    describe_cluster,
     harness,
     make_settings,
     start_on_reserved_ports,
@@ -42,30 +40,6 @@ from fixtures_db import POSTGRES_URL_VARIABLE, _fresh_postgres_database
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 CPU_TARGET = {"name": "cpu-1t", "resources": {"CPU": 1}, "backend": "torch", "num_threads": 1}
-
-
-def _call(
-    api: ApiHarness, method: str, path: str, body: Any = None, role: Role = Role.approver
-) -> Any:
-    response = api.client.request(method, f"/api/v1{path}", json=body, headers=api.headers(role))
-    assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text}"
-    return response.json()
-
-
-def _promote(
-    api: ApiHarness, model: str, version: int, *, timeout_s: float = 420
-) -> dict[str, Any]:
-    path = f"/models/{model}/versions/{version}/promotions"
-    promotion = _call(api, "POST", path, {"to": "production"})
-    assert promotion["state"] == "pending"
-    deadline = time.monotonic() + timeout_s
-    while promotion["state"] not in ("applied", "failed"):
-        assert time.monotonic() < deadline, (
-            f"promotion stuck: {promotion}; {describe_cluster(api.settings.ray_address)}"
-        )
-        time.sleep(2.0)
-        promotion = _call(api, "GET", f"/promotions/{promotion['id']}")
-    return dict(promotion)
 
 
 def _gate(promotion: dict[str, Any], gate: str) -> dict[str, Any]:
@@ -131,11 +105,10 @@ def test_ap_gate_refuses_a_worse_candidate_and_passes_the_reverse(
     }
 
     # Good in production, then the scrambled candidate: refused by the AP gate.
-    _call(api, "POST", "/models", {"name": "good-first"}, Role.operator)
-    _call(api, "PUT", "/models/good-first/policy", policy)
+    api.call("POST", "/models", {"name": "good-first"}, Role.operator)
+    api.call("PUT", "/models/good-first/policy", policy)
     good, bad = [
-        _call(
-            api,
+        api.call(
             "POST",
             "/models/good-first/versions",
             {"checkpoint": str(ckpt), "model_size": "nano", "resolution": 128},
@@ -143,12 +116,12 @@ def test_ap_gate_refuses_a_worse_candidate_and_passes_the_reverse(
         )
         for ckpt in (good_ckpt, bad_ckpt)
     ]
-    first = _promote(api, "good-first", good["version"])
+    first = api.promote("good-first", good["version"])
     assert first["state"] == "applied", first["message"]
     good_ap = _gate(first, "max_ap_drop")["candidate"]
     assert good_ap > 0.5, f"the good model scored AP {good_ap} on its own detections"
 
-    refused = _promote(api, "good-first", bad["version"])
+    refused = api.promote("good-first", bad["version"])
     assert refused["state"] == "failed", refused["message"]
     gate = _gate(refused, "max_ap_drop")
     assert gate["passed"] is False
@@ -157,7 +130,7 @@ def test_ap_gate_refuses_a_worse_candidate_and_passes_the_reverse(
     assert f"below production v{good['version']}" in gate["detail"]
     assert gate["evidence"]["baseline"]["reused"] is True  # production's AP was not re-measured
     assert refused["message"].startswith("refused: max_ap_drop")
-    versions = _call(api, "GET", "/models/good-first/versions")["items"]
+    versions = api.call("GET", "/models/good-first/versions")["items"]
     assert {v["version"]: v["stage"] for v in versions} == {
         good["version"]: "production",
         bad["version"]: "none",
@@ -165,23 +138,22 @@ def test_ap_gate_refuses_a_worse_candidate_and_passes_the_reverse(
     assert _production_alias(api, "good-first") == good["mlflow_version"]
 
     # The reverse order passes, and reuses both evaluations (same sha256, same pinned eval set).
-    _call(api, "POST", "/models", {"name": "bad-first"}, Role.operator)
-    _call(api, "PUT", "/models/bad-first/policy", policy)
+    api.call("POST", "/models", {"name": "bad-first"}, Role.operator)
+    api.call("PUT", "/models/bad-first/policy", policy)
     for ckpt in (bad_ckpt, good_ckpt):
-        _call(
-            api,
+        api.call(
             "POST",
             "/models/bad-first/versions",
             {"checkpoint": str(ckpt), "model_size": "nano", "resolution": 128},
             Role.operator,
         )
-    assert _promote(api, "bad-first", 1)["state"] == "applied"
-    better = _promote(api, "bad-first", 2)
+    assert api.promote("bad-first", 1)["state"] == "applied"
+    better = api.promote("bad-first", 2)
     assert better["state"] == "applied", better["message"]
     gate = _gate(better, "max_ap_drop")
     assert gate["passed"] and gate["candidate"] == pytest.approx(good_ap)
     assert all(item.get("reused") for item in better["evidence"])
-    assert _call(api, "GET", "/models/bad-first")["production_version"] == 2
+    assert api.call("GET", "/models/bad-first")["production_version"] == 2
 
 
 def test_paired_latency_gate_on_the_cpu_target(
@@ -191,26 +163,25 @@ def test_paired_latency_gate_on_the_cpu_target(
     the pixels of 128) are refused against 1.2. Candidate and production are timed in one job,
     after the promotion's evaluations have ended, with 292 samples per arm (what p95 needs)."""
     api = cluster_api
-    _call(api, "POST", "/hardware-targets", CPU_TARGET)
-    _call(api, "POST", "/models", {"name": "lat"}, Role.operator)
+    api.call("POST", "/hardware-targets", CPU_TARGET)
+    api.call("POST", "/models", {"name": "lat"}, Role.operator)
     for resolution in (128, 128, 192):
-        _call(
-            api,
+        api.call(
             "POST",
             "/models/lat/versions",
             {"checkpoint": str(nano_checkpoint), "model_size": "nano", "resolution": resolution},
             Role.operator,
         )
-    assert _promote(api, "lat", 1)["state"] == "applied"  # no policy yet
+    assert api.promote("lat", 1)["state"] == "applied"  # no policy yet
     policy: dict[str, Any] = {
         "eval": {"dataset": str(pseudo_labelled_dataset), "split": "valid"},
         "max_ap_drop": 0.5,
         "targets": [{"target": "cpu-1t", "max_p95_ratio": 1.5, "p95_sla_ms": 60000}],
         "benchmark_warmup": 3,
     }
-    _call(api, "PUT", "/models/lat/policy", policy)
+    api.call("PUT", "/models/lat/policy", policy)
 
-    same = _promote(api, "lat", 2)
+    same = api.promote("lat", 2)
     assert same["state"] == "applied", same["message"]
     gate = _gate(same, "max_p95_ratio")
     paired = gate["evidence"]["paired"]
@@ -230,14 +201,14 @@ def test_paired_latency_gate_on_the_cpu_target(
     jobs = {item["kind"]: [] for item in same["evidence"]}
     for item in same["evidence"]:
         if not item.get("reused"):
-            jobs[item["kind"]].append(_call(api, "GET", f"/jobs/{item['job_id']}"))
+            jobs[item["kind"]].append(api.call("GET", f"/jobs/{item['job_id']}"))
     [benchmark] = jobs["benchmark"]
     assert jobs["evaluate"], same["evidence"]
     at = datetime.fromisoformat
     for evaluation in jobs["evaluate"]:
         assert at(evaluation["finished_at"]) <= at(benchmark["created_at"])
     assert at(benchmark["created_at"]) <= at(benchmark["started_at"])
-    record = _call(api, "GET", "/benchmark-records?model_name=lat")["items"][0]
+    record = api.call("GET", "/benchmark-records?model_name=lat")["items"][0]
     assert record["job_id"] == benchmark["id"] and record["paired"]["verdict"] == "pass"
     assert (
         len(record["paired"]["samples"]["baseline"]["model_ms"]) == paired["arms"]["baseline"]["n"]
@@ -246,9 +217,9 @@ def test_paired_latency_gate_on_the_cpu_target(
     assert all(datetime.fromisoformat(e["finished_at"]) <= measured_from for e in jobs["evaluate"])
 
     # Latency only: the AP gate's evaluations were shown to come first above.
-    _call(api, "PUT", "/models/lat/policy", {"targets": [
+    api.call("PUT", "/models/lat/policy", {"targets": [
         {"target": "cpu-1t", "max_p95_ratio": 1.2}], "benchmark_warmup": 3})  # fmt: skip
-    slower = _promote(api, "lat", 3)
+    slower = api.promote("lat", 3)
     assert slower["state"] == "failed", slower["message"]
     gate = _gate(slower, "max_p95_ratio")
     assert gate["passed"] is False and gate["threshold"] == 1.2
@@ -257,12 +228,12 @@ def test_paired_latency_gate_on_the_cpu_target(
     assert p95["high"] > 1.2 and gate["evidence"]["paired"]["ratio"]["p50"]["low"] > 1.2
     assert gate["candidate"] > gate["baseline"]
     assert slower["message"].startswith("refused: max_p95_ratio: ")
-    assert _call(api, "GET", "/models/lat")["production_version"] == 2
+    assert api.call("GET", "/models/lat")["production_version"] == 2
 
 
 def _wait_job(api: ApiHarness, job_id: str, timeout_s: float = 600) -> dict[str, Any]:
     job = wait_until(
-        lambda: _call(api, "GET", f"/jobs/{job_id}"),
+        lambda: api.call("GET", f"/jobs/{job_id}"),
         until=lambda j: j["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"),
         what=f"job {job_id} to end",
         timeout_s=timeout_s,
@@ -279,10 +250,9 @@ def test_a_promotion_gates_on_the_int8_artifact_that_ships(
     set, stored by sha256); then the AP and latency gates on cpu-1t measure that artifact, and
     the per-target production alias answers with it."""
     api = cluster_api
-    _call(api, "POST", "/hardware-targets", CPU_TARGET)
-    _call(api, "POST", "/models", {"name": "int8"}, Role.operator)
-    version = _call(
-        api,
+    api.call("POST", "/hardware-targets", CPU_TARGET)
+    api.call("POST", "/models", {"name": "int8"}, Role.operator)
+    version = api.call(
         "POST",
         "/models/int8/versions",
         {"checkpoint": str(nano_checkpoint), "model_size": "nano", "resolution": 128},
@@ -295,18 +265,18 @@ def test_a_promotion_gates_on_the_int8_artifact_that_ships(
         "benchmark_runs": 20,
         "benchmark_warmup": 2,
     }
-    _call(api, "PUT", "/models/int8/policy", policy)
+    api.call("PUT", "/models/int8/policy", policy)
 
-    unbuilt = _promote(api, "int8", 1)
+    unbuilt = api.promote("int8", 1)
     assert unbuilt["state"] == "failed"
     assert "v1 has no onnx-int8 variant, which the policy ships on cpu-1t" in unbuilt["message"]
     assert "detrforge optimize int8 1 --target cpu-1t" in unbuilt["message"]
 
     body = {"target": "cpu-1t", "variants": ["onnx-int8"], "runs": 10, "calibration_images": 4}
-    job = _call(api, "POST", "/models/int8/versions/1/optimize", body, Role.operator)
+    job = api.call("POST", "/models/int8/versions/1/optimize", body, Role.operator)
     job = _wait_job(api, job["id"])
     assert job["state"] == "SUCCEEDED", job.get("error")
-    [variant] = _call(api, "GET", "/models/int8/versions/1/variants")["items"]
+    [variant] = api.call("GET", "/models/int8/versions/1/variants")["items"]
     metrics = variant["metrics"]
     assert (variant["name"], variant["precision"], metrics["job_id"]) == (
         "onnx-int8",
@@ -322,7 +292,7 @@ def test_a_promotion_gates_on_the_int8_artifact_that_ships(
     assert 0 < speed["low"] <= speed["speedup"] <= speed["high"]
     assert metrics["e2e_ms"]["p50"] <= metrics["e2e_ms"]["p95"] <= metrics["e2e_ms"]["p99"]
 
-    applied = _promote(api, "int8", 1)
+    applied = api.promote("int8", 1)
     assert applied["state"] == "applied", applied["message"]
     shipped = {"variant": "onnx-int8", "sha256": variant["sha256"]}
     by_gate = {(g["gate"], g["target"]): g for g in applied["gate_results"]}
@@ -334,14 +304,14 @@ def test_a_promotion_gates_on_the_int8_artifact_that_ships(
     assert "artifact" not in by_gate[("ap_floor", None)]["evidence"]["candidate"]
     sla = by_gate[("p95_sla", "cpu-1t")]
     assert sla["evidence"]["candidate"]["artifact"] == shipped
-    record = _call(api, "GET", "/benchmark-records?model_name=int8")["items"][0]
+    record = api.call("GET", "/benchmark-records?model_name=int8")["items"][0]
     assert (record["job_id"], record["backend"]) == (
         sla["evidence"]["candidate"]["job_id"],
         "onnx-int8",
     )
     assert record["p95_ms"] == pytest.approx(sla["candidate"])
 
-    alias = _call(api, "GET", "/models/int8/aliases/production?target=cpu-1t")
+    alias = api.call("GET", "/models/int8/aliases/production?target=cpu-1t")
     assert (alias["version"], alias["variant"], alias["model_file"]) == (
         1,
         "onnx-int8",
@@ -351,7 +321,7 @@ def test_a_promotion_gates_on_the_int8_artifact_that_ships(
         variant["artifact_uri"],
         variant["sha256"],
     )
-    plain = _call(api, "GET", "/models/int8/aliases/production")
+    plain = api.call("GET", "/models/int8/aliases/production")
     assert plain["artifact_sha256"] == version["checkpoint_sha256"] and plain["variant"] is None
 
 

@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from detrforge.registry.entities import Role
-from fixtures_cluster import ApiHarness, job_wait, wait_until
+from fixtures_cluster import ApiHarness, job_wait
 from fixtures_seg import (
     SEG_NUM_QUERIES,
     SEG_RESOLUTION,
@@ -25,14 +25,6 @@ from fixtures_seg import (
 )
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("seg")]
-
-
-def _call(
-    api: ApiHarness, method: str, path: str, body: Any = None, role: Role = Role.approver
-) -> Any:
-    response = api.client.request(method, f"/api/v1{path}", json=body, headers=api.headers(role))
-    assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text}"
-    return response.json()
 
 
 def test_seg_finetune_logs_mask_ap_per_epoch(seg_run: SegRun) -> None:
@@ -53,7 +45,7 @@ def test_seg_finetune_logs_mask_ap_per_epoch(seg_run: SegRun) -> None:
 
 def _wait(api: ApiHarness, kind: str, job_id: str) -> dict[str, Any]:
     def read() -> dict[str, Any]:
-        return dict(_call(api, "GET", f"/{kind}/{job_id}"))
+        return dict(api.call("GET", f"/{kind}/{job_id}"))
 
     job = job_wait(read, what=f"{kind} job {job_id}", timeout_s=400, alive=api.alive)
     assert job["state"] == "SUCCEEDED", job.get("error")
@@ -64,11 +56,11 @@ def test_seg_benchmark_record_separates_mask_decoding(seg_run: SegRun) -> None:
     """The benchmark of the seg model times its forward pass and its mask decoding apart; both
     are real intervals, and end to end (which holds both) is longer than either."""
     api = seg_run.api
-    _call(api, "POST", "/hardware-targets", {"name": "seg-cpu", "resources": {"CPU": 1}})
+    api.call("POST", "/hardware-targets", {"name": "seg-cpu", "resources": {"CPU": 1}})
     body = {"job_id": seg_run.job["id"], "target": "seg-cpu", "warmup": 1, "runs": 5}
-    job = _wait(api, "benchmarks", _call(api, "POST", "/benchmarks", body, Role.operator)["id"])
+    job = _wait(api, "benchmarks", api.call("POST", "/benchmarks", body, Role.operator)["id"])
     assert job["metrics"]["mask_ms/p95"] > 0
-    page = _call(api, "GET", "/benchmark-records?target=seg-cpu")
+    page = api.call("GET", "/benchmark-records?target=seg-cpu")
     [record] = page["items"]
     assert record["model_size"] == "seg-nano" and record["job_id"] == job["id"]
     assert record["p50_ms"] > 0 and record["mask_p50_ms"] > 0
@@ -94,21 +86,20 @@ def test_mask_ap_gate_refuses_an_untrained_seg_version(seg_run: SegRun, tmp_path
     eval_set = pseudo_label_masks(Path(seg_run.dataset.root), tmp_path / "pseudo", trained)
     untrained = untrained_seg_checkpoint(tmp_path / "untrained.pth", like=trained)
 
-    _call(api, "POST", "/models", {"name": "seg-shapes"}, Role.operator)
-    good = _call(api, "POST", "/models/seg-shapes/versions", {"job_id": seg_run.job["id"]})
+    api.call("POST", "/models", {"name": "seg-shapes"}, Role.operator)
+    good = api.call("POST", "/models/seg-shapes/versions", {"job_id": seg_run.job["id"]})
     assert good["model_size"] == "seg-nano"
-    first = _promote(api, "seg-shapes", good["version"])
+    first = api.promote("seg-shapes", good["version"])
     assert first["state"] == "applied", first
     policy = {"eval": {"dataset": str(eval_set), "split": "valid"}, "max_mask_ap_drop": 0.05}
-    _call(api, "PUT", "/models/seg-shapes/policy", policy)
-    bad = _call(
-        api,
+    api.call("PUT", "/models/seg-shapes/policy", policy)
+    bad = api.call(
         "POST",
         "/models/seg-shapes/versions",
         {"checkpoint": str(untrained), "model_size": "seg-nano", "resolution": 96},
         Role.operator,
     )
-    promotion = _promote(api, "seg-shapes", bad["version"])
+    promotion = api.promote("seg-shapes", bad["version"])
     assert promotion["state"] == "failed", promotion
     [gate] = [g for g in promotion["gate_results"] if g["gate"] == "max_mask_ap_drop"]
     assert gate["metric"] == "segm/AP" and not gate["passed"]
@@ -117,30 +108,15 @@ def test_mask_ap_gate_refuses_an_untrained_seg_version(seg_run: SegRun, tmp_path
     assert f"{gate['candidate']:.4f}" in gate["detail"]
     assert f"{gate['baseline']:.4f}" in gate["detail"]
     assert f"production v{good['version']}" in gate["detail"]
-    production = _call(api, "GET", "/models/seg-shapes/aliases/production")
+    production = api.call("GET", "/models/seg-shapes/aliases/production")
     assert production["version"] == good["version"]
     # The candidate's evaluation job scored boxes and masks from one pass: both tables.
     [evaluation] = [
         e for e in promotion["evidence"] if e["role"] == "candidate" and e["kind"] == "evaluate"
     ]
-    result = _call(api, "GET", f"/evaluations/{evaluation['job_id']}/result")
+    result = api.call("GET", f"/evaluations/{evaluation['job_id']}/result")
     assert result["segm"]["stats"]["segm/AP"] == pytest.approx(gate["candidate"])
     assert result["segm"]["iou_type"] == "segm" and "bbox/AP" in result["stats"]
-
-
-def _promote(api: ApiHarness, model: str, version: int) -> dict[str, Any]:
-    path = f"/models/{model}/versions/{version}/promotions"
-    promotion = _call(api, "POST", path, {"to": "production"})
-    return dict(
-        wait_until(
-            lambda: _call(api, "GET", f"/promotions/{promotion['id']}"),
-            until=lambda p: p["state"] in ("applied", "failed"),
-            timeout_s=400,
-            every_s=2.0,
-            what=f"promotion {promotion['id']}",
-            alive=api.alive,
-        )
-    )
 
 
 def test_a_seg_sweep_ranks_its_trials_on_mask_ap(seg_run: SegRun) -> None:
@@ -148,7 +124,7 @@ def test_a_seg_sweep_ranks_its_trials_on_mask_ap(seg_run: SegRun) -> None:
     but ranks and draws its front on mask AP: the trials' AP is segm/AP as their runs logged it,
     and their p95 on the target includes mask decoding."""
     api = seg_run.api
-    _call(api, "POST", "/hardware-targets", {"name": "seg-sweep-cpu", "resources": {"CPU": 1}})
+    api.call("POST", "/hardware-targets", {"name": "seg-sweep-cpu", "resources": {"CPU": 1}})
     body = {
         "dataset": seg_run.dataset.root,
         "target": "seg-sweep-cpu",
@@ -165,11 +141,11 @@ def test_a_seg_sweep_ranks_its_trials_on_mask_ap(seg_run: SegRun) -> None:
         "bench_runs": 3,
         "max_concurrent_trials": 1,
     }
-    created = _call(api, "POST", "/sweeps", body, Role.operator)
+    created = api.call("POST", "/sweeps", body, Role.operator)
     job = _wait(api, "sweeps", created["id"])
     assert job["metric"] == "segm/AP"
     [trial] = job["trials"]
-    result = _call(api, "GET", f"/sweeps/{job['id']}/result")
+    result = api.call("GET", f"/sweeps/{job['id']}/result")
     assert result["metric"] == "segm/AP" and "round(segm/AP, 4)" in result["objective"]
 
     client = MlflowClient(tracking_uri=api.settings.resolved_tracking_uri())
@@ -194,7 +170,7 @@ def test_seg_onnx_export_ab_against_eager_on_the_target(seg_run: SegRun, tmp_pat
     api = seg_run.api
     trained = model_path(seg_run.job)
     eval_set = pseudo_label_masks(Path(seg_run.dataset.root), tmp_path / "pseudo", trained)
-    _call(api, "POST", "/hardware-targets", {"name": "seg-ab-cpu", "resources": {"CPU": 1}})
+    api.call("POST", "/hardware-targets", {"name": "seg-ab-cpu", "resources": {"CPU": 1}})
     metrics = {}
     for backend in ("torch", "onnxruntime"):
         body = {
@@ -206,12 +182,12 @@ def test_seg_onnx_export_ab_against_eager_on_the_target(seg_run: SegRun, tmp_pat
             "dataset": str(eval_set),
             "evaluate": True,
         }
-        created = _call(api, "POST", "/benchmarks", body, Role.operator)
+        created = api.call("POST", "/benchmarks", body, Role.operator)
         metrics[backend] = _wait(api, "benchmarks", created["id"])["metrics"]
     eager, ort = metrics["torch"], metrics["onnxruntime"]
     assert eager["segm/AP"] > 0.3, "the comparison must not be vacuous"
     for metric in ("segm/AP", "segm/AP50", "bbox/AP"):
         assert abs(eager[metric] - ort[metric]) < 0.005, (metric, eager[metric], ort[metric])
     assert ort["mask_ms/p95"] > 0 and ort["latency_ms/p95"] > 0
-    page = _call(api, "GET", "/benchmark-records?target=seg-ab-cpu")
+    page = api.call("GET", "/benchmark-records?target=seg-ab-cpu")
     assert sorted(r["backend"] for r in page["items"]) == ["onnxruntime", "torch"]
