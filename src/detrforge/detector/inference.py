@@ -126,13 +126,8 @@ def evaluate_checkpoint(
     batch_size: int = 1,
 ) -> EvalResult:
     """COCO bbox AP of ``predictor`` on ``split`` (``faster`` is proven equal to pycocotools)."""
-    if backend not in BACKENDS:
-        raise InvalidSpecError(
-            f"unknown evaluation backend {backend!r}; choose one of {list(BACKENDS)}",
-            field="backend",
-        )
-    detections = predict_split(predictor, dataset_dir, split, batch_size=batch_size)
-    return evaluate_coco(_split_file(dataset_dir, split), detections, backend=backend)
+    [bbox] = _evaluate(predictor, dataset_dir, split, ("bbox",), backend, batch_size)
+    return bbox
 
 
 def evaluate_predictor(
@@ -149,6 +144,19 @@ def evaluate_predictor(
     Raises:
         InvalidDatasetError: for masks, a split object without one (or a malformed one).
     """
+    iou_types = ("bbox", "segm") if predictor.has_masks else ("bbox",)
+    return _evaluate(predictor, dataset_dir, split, iou_types, backend, batch_size)
+
+
+def _evaluate(
+    predictor: Predictor[Any],
+    dataset_dir: Path,
+    split: str,
+    iou_types: tuple[str, ...],
+    backend: str,
+    batch_size: int,
+) -> list[EvalResult]:
+    """One prediction pass over ``split``, scored once per IoU type."""
     if backend not in BACKENDS:
         raise InvalidSpecError(
             f"unknown evaluation backend {backend!r}; choose one of {list(BACKENDS)}",
@@ -156,7 +164,6 @@ def evaluate_predictor(
         )
     detections = predict_split(predictor, dataset_dir, split, batch_size=batch_size)
     ann_file = _split_file(dataset_dir, split)
-    iou_types = ("bbox", "segm") if predictor.has_masks else ("bbox",)
     return [
         evaluate_coco(ann_file, detections, backend=backend, iou_type=iou_type)
         for iou_type in iou_types
