@@ -161,6 +161,14 @@ def _assert_in_step(api: ApiHarness, dest: Path | None = None) -> dict[str, str]
     return want
 
 
+def _logged_model_id(source: str) -> str:
+    """The logged model a version's ``source`` (``.../models/m-<id>/artifacts``) names; the
+    server's model versions do not carry ``model_id`` themselves."""
+    found = re.search(r"/models/(m-[0-9a-f]+)/", source)
+    assert found is not None, source
+    return found.group(1)
+
+
 def test_versions_and_aliases_follow_the_registry(mirror_case: MirrorCase, tmp_path: Path) -> None:
     api = mirror_case.api
     client = _client(api)
@@ -206,20 +214,29 @@ def test_versions_and_aliases_follow_the_registry(mirror_case: MirrorCase, tmp_p
     assert mirror.sync(MODEL) is True
     assert {v: row["mlflow_version"] for v, row in _versions(api).items()} == {1: "1", 2: "2"}
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == 2
+    # One logged model per checkpoint content, shared by the versions of that content. The
+    # session's server also holds other tests' models, so count only those of these bytes.
     experiment = Tracker(client.tracking_uri).experiment_id()
-    assert len(client.search_logged_models([experiment])) == len(distinct)  # one per checkpoint
+    for sha256 in distinct:
+        logged = client.search_logged_models(
+            [experiment], filter_string=f"tags.`{Tag.CHECKPOINT_SHA256}` = '{sha256}'"
+        )
+        using = {
+            _logged_model_id(client.get_model_version(MODEL, v["mlflow_version"]).source)
+            for v in (first, second)
+            if v["checkpoint_sha256"] == sha256
+        }
+        assert [m.model_id for m in logged] == sorted(using), (sha256, logged)
 
     # Drift (aliases moved by hand) and a duplicate (two replicas mirroring at once) are repaired.
     client.set_registered_model_alias(MODEL, "staging", "2")
     client.delete_registered_model_alias(MODEL, "production")
     duplicate = client.get_model_version(MODEL, "2")
-    logged_model = re.search(r"/models/(m-[0-9a-f]+)/", duplicate.source)
-    assert logged_model is not None, duplicate.source
     extra = client.create_model_version(
         MODEL,
         source=duplicate.source,
         run_id=duplicate.run_id,
-        model_id=logged_model.group(1),
+        model_id=_logged_model_id(duplicate.source),
         tags=duplicate.tags,
     )
     assert mirror.sync(MODEL) is True
