@@ -63,7 +63,7 @@ from detrforge.detector.latency import LatencyReport, LatencyStats, measure_late
 from detrforge.detector.model import build_detector  # noqa: E402
 from detrforge.detector.onnx_predictor import OnnxPredictor  # noqa: E402
 from detrforge.detector.predictor import Detections, Predictor, RawOutputs  # noqa: E402
-from detrforge.detector.specs import SEG_MODEL_SIZES, check_resolution  # noqa: E402
+from detrforge.detector.sizes import SEG_MODEL_SIZES, check_resolution  # noqa: E402
 from detrforge.detector.synthetic import synth_dataset  # noqa: E402
 from detrforge.detector.torch_predictor import TorchPredictor, load_inference_detector  # noqa: E402
 from detrforge.platform.environment import capture_environment  # noqa: E402

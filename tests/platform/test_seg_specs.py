@@ -6,14 +6,8 @@ from typing import Any
 
 import pytest
 
-from detrforge.detector.specs import (
-    BenchmarkSpec,
-    EvaluateSpec,
-    FinetuneSpec,
-    as_model_size,
-    parse_spec,
-    task_of,
-)
+from detrforge.detector.sizes import as_model_size, task_of
+from detrforge.detector.specs import BenchmarkSpec, EvaluateSpec, FinetuneSpec, parse_spec
 from detrforge.platform.errors import InvalidSpecError
 
 CKPT = {"checkpoint": "/models/seg.pth"}

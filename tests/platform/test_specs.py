@@ -6,15 +6,8 @@ from typing import Any
 
 import pytest
 
-from detrforge.detector.specs import (
-    BenchmarkRequest,
-    EvaluateRequest,
-    FinetuneSpec,
-    as_model_size,
-    check_resolution,
-    nearest_resolutions,
-    parse_spec,
-)
+from detrforge.detector.sizes import as_model_size, check_resolution, nearest_resolutions
+from detrforge.detector.specs import BenchmarkRequest, EvaluateRequest, FinetuneSpec, parse_spec
 from detrforge.detector.sweep_specs import SweepRequest, SweepSpec
 from detrforge.platform.errors import InvalidSpecError
 
@@ -225,7 +218,7 @@ def test_segmentation_sizes_check_their_own_multiple(
 
 
 def test_segmentation_defaults_are_valid() -> None:
-    from detrforge.detector.specs import MODEL_SIZES, SEG_MODEL_SIZES
+    from detrforge.detector.sizes import MODEL_SIZES, SEG_MODEL_SIZES
 
     for size, (default, _) in SEG_MODEL_SIZES.items():
         check_resolution(size, default)

@@ -8,7 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from detrforge.control.versions import VersionRequest
-from detrforge.detector.specs import MAX_RESOLUTION, MIN_RESOLUTION, ModelSize, parse_spec
+from detrforge.detector.sizes import MAX_RESOLUTION, MIN_RESOLUTION, ModelSize
+from detrforge.detector.specs import parse_spec
 from detrforge.platform.errors import InvalidSpecError
 from detrforge.platform.limits import (
     MAX_NAME_LENGTH,

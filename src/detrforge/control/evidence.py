@@ -21,12 +21,12 @@ from detrforge.control.needs import (
     EvidenceNeed,
     EvidenceResult,
 )
+from detrforge.detector.sizes import as_model_size
 from detrforge.detector.specs import (
     BenchmarkRequest,
     EvaluateRequest,
     PairedBaseline,
     VariantArtifact,
-    as_model_size,
 )
 from detrforge.platform.errors import ClusterError, DetrforgeError, NotFoundError
 from detrforge.platform.limits import MAX_PAGE_SIZE

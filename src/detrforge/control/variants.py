@@ -13,7 +13,8 @@ from typing import Any
 
 from detrforge.control.jobs import JobService
 from detrforge.detector.optimize_specs import OptimizeRequest, OptimizeSpec
-from detrforge.detector.specs import parse_spec, task_of
+from detrforge.detector.sizes import task_of
+from detrforge.detector.specs import parse_spec
 from detrforge.detector.variants import (
     CPU_VARIANTS,
     GPU_VARIANTS,

@@ -15,7 +15,7 @@ from typing import Any
 from detrforge.control.jobs import JobService
 from detrforge.control.mirror import MlflowMirror
 from detrforge.control.variants import check_shipped
-from detrforge.detector.specs import as_model_size, check_resolution, default_resolution
+from detrforge.detector.sizes import as_model_size, check_resolution, default_resolution
 from detrforge.platform.checkpoints import staged_checkpoint
 from detrforge.platform.errors import IntegrityError, InvalidSpecError, NotFoundError
 from detrforge.platform.sources import SourcePolicy

@@ -6,19 +6,15 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from detrforge.detector.sizes import MODEL_SIZES, SEG_MODEL_SIZES, Task, check_resolution, task_of
 from detrforge.detector.specs import (
     MAX_SEED,
-    MODEL_SIZES,
     RESOURCE_AMOUNTS_SCHEMA,
-    SEG_MODEL_SIZES,
     Backend,
     FinetuneSpec,
     FrozenSpec,
     SpecFieldError,
-    Task,
-    check_resolution,
     check_resource_amounts,
-    task_of,
 )
 from detrforge.platform.limits import Name, Uri
 
