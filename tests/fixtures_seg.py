@@ -129,8 +129,15 @@ def pseudo_label_masks(
     resolution: int = SEG_RESOLUTION,
 ) -> Path:
     """A copy of ``dataset`` whose valid ground truth is ``checkpoint``'s (a Seg Nano at
-    ``resolution``) top non-empty masks (RLE, with the mask's own box and area), so mask AP can
-    tell that model from another."""
+    ``resolution``) most confident non-empty masks across the split, ``per_image`` times its
+    image count (RLE, with the mask's own box and area), so mask AP can tell that model from
+    another.
+
+    Ranked across the split, not per image: every detection scoring above the least confident
+    label is then a label itself (or an empty mask), so the model's own mask AP stays high however
+    flat a barely trained model's scores are; per image, another image's weaker labels fall
+    below this image's unlabelled detections, and the figure swung with each training run.
+    """
     import json
 
     import numpy as np
@@ -144,30 +151,35 @@ def pseudo_label_masks(
     path = out / "valid" / "_annotations.coco.json"
     doc = json.loads(path.read_text())
     label2cat = label2cat_for(out)
-    annotations: list[dict[str, Any]] = []
-    for image_id, image in valid_images(out / "valid"):
+    images = valid_images(out / "valid")
+    candidates: list[tuple[float, int, Any, int]] = []  # (score, image id, mask, label)
+    for image_id, image in images:
         det = predictor.predict([image])[0]
         assert det.masks is not None
-        kept = 0
-        for mask, label in zip(det.masks, det.labels.tolist(), strict=True):
-            if kept == per_image or label not in label2cat or not mask.any():
-                continue
-            ys, xs = np.nonzero(mask)
-            x, y = int(xs.min()), int(ys.min())
-            w, h = int(xs.max()) + 1 - x, int(ys.max()) + 1 - y
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": label2cat[label],
-                    "segmentation": encode_mask(np.asarray(mask)),
-                    "bbox": [x, y, w, h],
-                    "area": int(mask.sum()),
-                    "iscrowd": 0,
-                }
-            )
-            kept += 1
-    assert annotations, "the trained model predicted no non-empty mask"
+        for mask, label, score in zip(
+            det.masks, det.labels.tolist(), det.scores.tolist(), strict=True
+        ):
+            if label in label2cat and mask.any():
+                candidates.append((float(score), image_id, mask, label))
+    assert candidates, "the trained model predicted no non-empty mask"
+    # Highest score first; a tie keeps the predictor's order (image id, then rank).
+    ranked = sorted(candidates, key=lambda c: -c[0])[: per_image * len(images)]
+    annotations: list[dict[str, Any]] = []
+    for _, image_id, mask, label in sorted(ranked, key=lambda c: c[1]):
+        ys, xs = np.nonzero(mask)
+        x, y = int(xs.min()), int(ys.min())
+        w, h = int(xs.max()) + 1 - x, int(ys.max()) + 1 - y
+        annotations.append(
+            {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": label2cat[label],
+                "segmentation": encode_mask(np.asarray(mask)),
+                "bbox": [x, y, w, h],
+                "area": int(mask.sum()),
+                "iscrowd": 0,
+            }
+        )
     doc["annotations"] = annotations
     path.write_text(json.dumps(doc))
     return out

@@ -26,6 +26,12 @@ from fixtures_seg import (
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("seg")]
 
+# The least mask AP the trained model must reach on its own masks (``pseudo_label_masks``) for a
+# comparison with it to mean something. Two epochs on 16 images train a different model on each
+# run, the seed notwithstanding, so this is a floor well under what it reaches, not a figure:
+# the model with 0 steps scores 0.0 there.
+MIN_OWN_MASK_AP = 0.1
+
 
 def test_seg_finetune_logs_mask_ap_per_epoch(seg_run: SegRun) -> None:
     """Two DDP workers trained the seg model; rank 0 logged segm/AP and bbox/AP each epoch."""
@@ -104,7 +110,8 @@ def test_mask_ap_gate_refuses_an_untrained_seg_version(seg_run: SegRun, tmp_path
     [gate] = [g for g in promotion["gate_results"] if g["gate"] == "max_mask_ap_drop"]
     assert gate["metric"] == "segm/AP" and not gate["passed"]
     assert gate["baseline"] - gate["candidate"] > 0.05
-    assert gate["baseline"] > 0.3  # the trained model against its own masks
+    # The trained model against its own masks (a model with 0 steps scores 0.0 on them).
+    assert gate["baseline"] > MIN_OWN_MASK_AP
     assert f"{gate['candidate']:.4f}" in gate["detail"]
     assert f"{gate['baseline']:.4f}" in gate["detail"]
     assert f"production v{good['version']}" in gate["detail"]
@@ -185,7 +192,7 @@ def test_seg_onnx_export_ab_against_eager_on_the_target(seg_run: SegRun, tmp_pat
         created = api.call("POST", "/benchmarks", body, Role.operator)
         metrics[backend] = _wait(api, "benchmarks", created["id"])["metrics"]
     eager, ort = metrics["torch"], metrics["onnxruntime"]
-    assert eager["segm/AP"] > 0.3, "the comparison must not be vacuous"
+    assert eager["segm/AP"] > MIN_OWN_MASK_AP, "the comparison must not be vacuous"
     for metric in ("segm/AP", "segm/AP50", "bbox/AP"):
         assert abs(eager[metric] - ort[metric]) < 0.005, (metric, eager[metric], ort[metric])
     assert ort["mask_ms/p95"] > 0 and ort["latency_ms/p95"] > 0
